@@ -1,0 +1,43 @@
+# imgindex: `make demo` and `make test` are all a fresh clone needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO   ?= demo-out
+
+.PHONY: install demo test lint typecheck train-default benchmarks clean
+
+# Re-installs only when pyproject.toml changes; torch/torchvision come from local disk.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import captioning, indexing, pipelines, torch, apache_beam, faiss"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check captioning indexing pipelines tests benchmarks
+	$(BIN)/mypy
+
+demo: $(STAMP)
+	@rm -rf $(DEMO)
+	$(BIN)/imgindex sample-archive $(DEMO)/heldout --images 12 --seed 4242 --format folder
+	$(PY) -m pipelines.demo $(DEMO)/heldout
+
+# Reproduces the shipped default model (captioning/default_model) from fixed seeds.
+TRAIN_IMAGES ?= 24000
+train-default: $(STAMP)
+	$(BIN)/imgindex sample-archive data/train-world --images $(TRAIN_IMAGES) --shards 24 --seed 1 --format tar
+	$(BIN)/imgindex train data/train-world --out data/default-model --epochs 12 --seed 0
+	cp data/default-model/model.safetensors data/default-model/config.json data/default-model/vocab.json captioning/default_model/
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/captioner_cpu.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,99 @@
+"""Captioning backends behind one interface: RGB images -> CaptionResults, a batch at a time.
+
+The Beam ModelHandler (pipelines/handlers.py) and the CLI only see `Captioner`: `preprocess` is the
+per-image CPU work (it runs before batching, so it overlaps with inference of the previous batch);
+`caption` is the batched model call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from captioning.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint
+from captioning.decoding import Decoded, DecodeOptions, decode
+from captioning.preprocess import normalize, to_model_input
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionResult:
+    caption: str
+    candidates: tuple[str, ...]  # every returned sequence, best first (caption is candidates[0])
+    score: float | None = None  # the model's own score of the caption, when it has one
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionerOptions:
+    device: str = "auto"  # "auto" = cuda when present, else cpu
+    beam_size: int = 3
+    max_length: int = 24
+    length_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        DecodeOptions(self.beam_size, self.max_length, self.length_penalty)  # validates
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
+            raise ValueError(f"--device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+class Captioner(Protocol):
+    name: str
+    version: str
+
+    def preprocess(self, image: Image.Image) -> Any: ...
+
+    def caption(self, inputs: Sequence[Any]) -> list[CaptionResult]: ...
+
+
+class NativeCaptioner:
+    """The project's own Show-Attend-Tell model from a model directory (default: the shipped one)."""
+
+    def __init__(self, model_dir: str | Path | None = None,
+                 options: CaptionerOptions = CaptionerOptions()):
+        self.options = options
+        self.device = options.resolved_device()
+        ckpt = load_checkpoint(model_dir, self.device)
+        self.model, self.vocab = ckpt.model, ckpt.vocab
+        self.name, self.version = ckpt.name, ckpt.version
+        self.image_size = self.model.config.image_size
+        self.decode_options = DecodeOptions(options.beam_size, options.max_length,
+                                            options.length_penalty)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return to_model_input(image, self.image_size)  # (3, S, S) uint8
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> Decoded:
+        batch = torch.stack(list(inputs)).to(self.device, non_blocking=True)  # (B, 3, S, S)
+        return decode(self.model, normalize(batch), self.decode_options)
+
+    def caption(self, inputs: Sequence[torch.Tensor]) -> list[CaptionResult]:
+        if not inputs:
+            return []
+        out = self.run(inputs)
+        return [
+            CaptionResult(self.vocab.decode(t), (self.vocab.decode(t),), float(s))
+            for t, s in zip(out.tokens, out.scores.tolist(), strict=True)
+        ]
+
+
+def load_captioner(spec: str | None, options: CaptionerOptions = CaptionerOptions()) -> Captioner:
+    """`None` -> the shipped default; `native:DIR` or a plain DIR -> our model; `hf:NAME` -> HF."""
+    if spec is None or spec in ("", "default", "native"):
+        return NativeCaptioner(DEFAULT_MODEL_DIR, options)
+    if spec.startswith("hf:"):
+        from captioning.hf import HFCaptioner  # heavy import, only when asked for
+
+        return HFCaptioner(spec[3:], options)
+    return NativeCaptioner(spec.removeprefix("native:"), options)

@@ -1,0 +1,357 @@
+"""Caption entries + their unit-norm vectors (N, D) -> an index directory on local disk.
+
+An index directory holds four files:
+
+- ``index.faiss``: ``IndexIDMap2`` over an exact ``IndexFlatIP`` (factory string INDEX_FACTORY,
+  inner-product metric). FAISS ids are the entry ids, not row numbers, so ids stay stable if the
+  index is later rebuilt in another order, merged, or swapped for an approximate one, and
+  ``reconstruct(id)`` works.
+- ``mapping.parquet``: one IndexEntry per row (MAPPING_SCHEMA), id -> key, caption, source, member.
+- ``embeddings.parquet``: id, key and the vector (embeddings_schema(D)), so an index can be rebuilt
+  (another FAISS type, a merge) without re-embedding.
+- ``manifest.json``: the Manifest: which embedder, dimension, count, metric, caption files.
+
+Inner product on unit-norm vectors is cosine similarity; write_index refuses vectors that are not
+unit-norm so the recorded metric stays true.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from os import PathLike
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+MAPPING_FILE = "mapping.parquet"
+EMBEDDINGS_FILE = "embeddings.parquet"
+MANIFEST_FILE = "manifest.json"
+INDEX_FILES = (INDEX_FILE, MAPPING_FILE, EMBEDDINGS_FILE, MANIFEST_FILE)
+
+INDEX_FACTORY = "IDMap2,Flat"  # with faiss.METRIC_INNER_PRODUCT: IndexIDMap2(IndexFlatIP(D))
+METRIC = "inner_product"
+FORMAT_VERSION = 1
+# |norm - 1| allowed for a row to count as unit-norm: float32 rounding stays far below this.
+UNIT_NORM_TOLERANCE = 1e-3
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One captioned image in an index.
+
+    Attributes:
+        id: FAISS id of the entry's vector; unique within an index, >= 0.
+        key: the image's key, as the captioning stage wrote it.
+        caption: the caption that was embedded.
+        source: the archive (shard) the image came from.
+        member: the image's member name inside that archive.
+    """
+
+    id: int
+    key: str
+    caption: str
+    source: str
+    member: str
+
+
+MAPPING_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("member", pa.string(), nullable=False),
+    ]
+)
+
+
+def embeddings_schema(dimension: int) -> pa.Schema:
+    """Schema of embeddings.parquet for vectors of width ``dimension``."""
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dimension), nullable=False),
+        ]
+    )
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What an index was built from, stored as manifest.json.
+
+    Attributes:
+        embedder_name: ResolvedEmbedder.name of the embedder (DEFAULT_EMBEDDER or a local path);
+            search loads it to embed queries.
+        embedder_sha256: sha256 of that embedder's weights; search refuses any other weights.
+        dimension: vector width D.
+        count: number of entries.
+        caption_files: the caption files the entries were read from.
+        imgindex_version: version of imgindex that built the index.
+        created_at: ISO-8601 UTC timestamp; defaults to now.
+        metric: always "inner_product" (on unit-norm vectors, i.e. cosine).
+        format_version: layout version of the index directory.
+    """
+
+    embedder_name: str
+    embedder_sha256: str
+    dimension: int
+    count: int
+    caption_files: tuple[str, ...]
+    imgindex_version: str
+    created_at: str = field(default_factory=_utc_now)
+    metric: str = METRIC
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.embedder_name:
+            raise ValueError("Manifest.embedder_name is empty: pass TextEmbedder.name")
+        if not _SHA256_RE.fullmatch(self.embedder_sha256):
+            raise ValueError(
+                f"Manifest.embedder_sha256 must be 64 lowercase hex digits, got "
+                f"{self.embedder_sha256!r}: pass TextEmbedder.sha256"
+            )
+        if self.dimension <= 0:
+            raise ValueError(f"Manifest.dimension must be positive, got {self.dimension}")
+        if self.count < 0:
+            raise ValueError(f"Manifest.count must be >= 0, got {self.count}")
+        if not isinstance(self.caption_files, tuple):
+            # A list would make the frozen manifest mutable and unhashable.
+            object.__setattr__(self, "caption_files", tuple(self.caption_files))
+        if not self.imgindex_version:
+            raise ValueError("Manifest.imgindex_version is empty: pass the imgindex version")
+        try:
+            created = datetime.fromisoformat(self.created_at)
+        except ValueError as err:
+            raise ValueError(
+                f"Manifest.created_at must be ISO-8601, got {self.created_at!r}"
+            ) from err
+        offset = created.utcoffset()
+        if offset is None or offset.total_seconds() != 0:
+            raise ValueError(f"Manifest.created_at must be in UTC, got {self.created_at!r}")
+        if self.metric != METRIC:
+            raise ValueError(f"Manifest.metric must be {METRIC!r}, got {self.metric!r}")
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"index format version {self.format_version} is not supported by this imgindex "
+                f"(it reads version {FORMAT_VERSION}): rebuild the index"
+            )
+
+    def to_json(self) -> str:
+        """Serialise to a JSON object (stable key order)."""
+        data = asdict(self)
+        data["caption_files"] = list(self.caption_files)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        """Parse to_json's output.
+
+        Raises:
+            ValueError: not JSON, not an object, missing or unknown keys, or invalid values.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"manifest is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"manifest must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        required = {
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        }
+        if missing := sorted(required - data.keys()):
+            raise ValueError(f"manifest lacks {', '.join(missing)}")
+        if unknown := sorted(data.keys() - names):
+            raise ValueError(f"manifest has unknown keys {', '.join(unknown)}")
+        if not isinstance(data["caption_files"], list) or not all(
+            isinstance(f, str) for f in data["caption_files"]
+        ):
+            raise ValueError("manifest caption_files must be a list of strings")
+        for key in ("dimension", "count", "format_version"):
+            if key in data and (type(data[key]) is not int):
+                raise ValueError(f"manifest {key} must be an integer, got {data[key]!r}")
+        for key in ("embedder_name", "embedder_sha256", "imgindex_version", "created_at"):
+            if key in data and not isinstance(data[key], str):
+                raise ValueError(f"manifest {key} must be a string, got {data[key]!r}")
+        data["caption_files"] = tuple(data["caption_files"])
+        return cls(**data)
+
+
+def validate_index_inputs(
+    entries: Sequence[IndexEntry], vectors: np.ndarray, manifest: Manifest
+) -> None:
+    """Check that entries, vectors and manifest describe the same index.
+
+    Raises:
+        ValueError: with what disagrees and how to fix it.
+    """
+    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2:
+        shape = getattr(vectors, "shape", None)
+        raise ValueError(f"vectors must be a 2-D numpy array (N, D), got shape {shape}")
+    if vectors.dtype != np.float32:
+        raise ValueError(
+            f"vectors must be float32, got {vectors.dtype}: use TextEmbedder.embed's output"
+        )
+    if len(entries) != vectors.shape[0]:
+        raise ValueError(f"{len(entries)} entries but {vectors.shape[0]} vectors: one row each")
+    if vectors.shape[1] != manifest.dimension:
+        raise ValueError(
+            f"vectors have dimension {vectors.shape[1]} but the manifest says "
+            f"{manifest.dimension}: build the manifest from the embedder that made the vectors"
+        )
+    if manifest.count != len(entries):
+        raise ValueError(f"manifest.count is {manifest.count} but there are {len(entries)} entries")
+    if not np.isfinite(vectors).all():
+        raise ValueError("vectors contain NaN or inf")
+    norms = np.linalg.norm(vectors, axis=1)  # (N, D) -> (N,)
+    if len(norms) and np.abs(norms - 1.0).max() > UNIT_NORM_TOLERANCE:
+        bad = int(np.argmax(np.abs(norms - 1.0)))
+        raise ValueError(
+            f"vectors must be unit-norm (the index scores cosine as inner product): row {bad} "
+            f"has norm {norms[bad]:.4f}; normalise them or use TextEmbedder.embed"
+        )
+    ids = np.fromiter((e.id for e in entries), dtype=np.int64, count=len(entries))
+    if len(ids) and ids.min() < 0:
+        raise ValueError(f"entry ids must be >= 0 (FAISS uses -1 for 'no hit'), got {ids.min()}")
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dupes = unique[counts > 1][:5].tolist()
+        raise ValueError(f"entry ids must be unique; repeated: {dupes}")
+
+
+def _build_faiss_index(ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
+    index = faiss.index_factory(vectors.shape[1], INDEX_FACTORY, faiss.METRIC_INNER_PRODUCT)
+    index.add_with_ids(vectors, ids)  # (N, D) with (N,) ids
+    return index
+
+
+def _write_files(
+    directory: Path, entries: Sequence[IndexEntry], vectors: np.ndarray, manifest: Manifest
+) -> None:
+    ids = np.fromiter((e.id for e in entries), dtype=np.int64, count=len(entries))  # (N,)
+    keys = [e.key for e in entries]
+    faiss.write_index(_build_faiss_index(ids, vectors), str(directory / INDEX_FILE))
+    mapping = pa.table(
+        {
+            "id": ids,
+            "key": keys,
+            "caption": [e.caption for e in entries],
+            "source": [e.source for e in entries],
+            "member": [e.member for e in entries],
+        },
+        schema=MAPPING_SCHEMA,
+    )
+    pq.write_table(mapping, directory / MAPPING_FILE)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())  # (N, D) -> (N*D,)
+    embedding = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])  # (N*D,) -> N x [D]
+    embeddings = pa.table(
+        {"id": ids, "key": keys, "embedding": embedding}, schema=embeddings_schema(vectors.shape[1])
+    )
+    pq.write_table(embeddings, directory / EMBEDDINGS_FILE)
+    (directory / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory: choose another output path")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"index directory {out} is not empty: pass --overwrite (overwrite=True) to replace it"
+        )
+    if not (out / MANIFEST_FILE).is_file():
+        # Overwrite replaces an index, never an arbitrary directory someone pointed us at.
+        raise FileExistsError(
+            f"{out} is not empty and holds no {MANIFEST_FILE}, so it is not an index; "
+            "refusing to replace it even with --overwrite: choose another output path"
+        )
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        tmp.rename(out)
+        return
+    # rename cannot replace a non-empty directory: move the old index aside, then drop it.
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex}"
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)  # put the previous index back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        logger.warning("could not remove the replaced index at %s; delete it by hand", old)
+
+
+def write_index(
+    out_dir: str | PathLike[str],
+    entries: Sequence[IndexEntry],
+    vectors: np.ndarray,
+    manifest: Manifest,
+    overwrite: bool = False,
+) -> Path:
+    """Write an index directory (see the module docstring) atomically.
+
+    The files are written into a temporary sibling directory, which is renamed onto ``out_dir``
+    only when complete: a crash leaves either no index or the previous one, never half of one.
+
+    Args:
+        out_dir: the index directory to create (local filesystem).
+        entries: one entry per vector, in the same order as ``vectors``.
+        vectors: float32 (N, D) unit-norm rows, row i for entries[i].
+        manifest: its count and dimension must match entries and vectors.
+        overwrite: replace an existing index at ``out_dir``.
+
+    Returns:
+        The path of the written index directory.
+
+    Raises:
+        ValueError: entries, vectors and manifest disagree (see validate_index_inputs).
+        FileExistsError: ``out_dir`` is not empty and overwrite is False, or it is not an index.
+    """
+    validate_index_inputs(entries, vectors, manifest)
+    vectors = np.ascontiguousarray(vectors)
+    out = Path(out_dir)
+    _check_target(out, overwrite)  # fail before the work, checked again before the swap
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        _write_files(tmp, entries, vectors, manifest)
+        _check_target(out, overwrite)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info(
+        "wrote index %s: %d vectors of dimension %d from %d caption files",
+        out,
+        manifest.count,
+        manifest.dimension,
+        len(manifest.caption_files),
+    )
+    return out

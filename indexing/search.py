@@ -1,0 +1,289 @@
+"""Index directory + query text -> ranked SearchHits (exact inner product = cosine)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from indexing.build import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    MAPPING_FILE,
+    MAPPING_SCHEMA,
+    Manifest,
+)
+from indexing.embed import EmbedderError, TextEmbedder, resolve_embedder
+
+logger = logging.getLogger(__name__)
+
+# Files search needs; embeddings.parquet is only for rebuilding an index.
+REQUIRED_FILES = (MANIFEST_FILE, INDEX_FILE, MAPPING_FILE)
+
+
+class IndexLoadError(ValueError):
+    """An index directory is missing, incomplete, corrupt or inconsistent."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One result of a query.
+
+    Attributes:
+        rank: 1 for the best hit.
+        score: inner product of the unit-norm query and caption vectors (cosine, in [-1, 1]).
+        key, caption, source, member: the entry's fields (see IndexEntry).
+    """
+
+    rank: int
+    score: float
+    key: str
+    caption: str
+    source: str
+    member: str
+
+
+def _check_query(text: str, position: int | None = None) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"a query must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("empty query" if position is None else f"empty query at {position}")
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+
+
+class SearchIndex:
+    """A loaded index: the FAISS index, the id -> entry mapping and the manifest.
+
+    Built by open_index. The embedder that embeds queries is loaded on first text search
+    unless one was given to open_index.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        index: faiss.Index,
+        mapping: pa.Table,
+        manifest: Manifest,
+        embedder: TextEmbedder | None = None,
+    ) -> None:
+        self._path = path
+        self._index = index
+        self._mapping = mapping
+        self._manifest = manifest
+        self._embedder = embedder
+        ids = mapping.column("id").to_numpy()  # (N,) int64
+        self._order = np.argsort(ids, kind="stable")  # (N,) row numbers sorted by id
+        self._sorted_ids = ids[self._order]  # (N,)
+
+    @property
+    def path(self) -> Path:
+        """The index directory."""
+        return self._path
+
+    @property
+    def manifest(self) -> Manifest:
+        """The index's manifest."""
+        return self._manifest
+
+    @property
+    def count(self) -> int:
+        """Number of entries in the index."""
+        return self._index.ntotal
+
+    @property
+    def embedder(self) -> TextEmbedder:
+        """The manifest's embedder, loaded and checked on first use."""
+        if self._embedder is None:
+            resolved = resolve_embedder(self._manifest.embedder_name)
+            # Compare fingerprints before loading: a mismatch fails fast and cheaply.
+            _check_embedder(self._path, self._manifest, resolved.sha256, None)
+            embedder = TextEmbedder(resolved)
+            _check_embedder(self._path, self._manifest, embedder.sha256, embedder.dimension)
+            self._embedder = embedder
+        return self._embedder
+
+    def search(self, text: str, k: int = 10) -> list[SearchHit]:
+        """Return the k entries whose captions are nearest to ``text`` (fewer if count < k).
+
+        Raises:
+            ValueError: ``text`` is empty or whitespace ("empty query"), or k <= 0.
+        """
+        return self.search_many([text], k)[0]
+
+    def search_many(
+        self, texts: Sequence[str], k: int = 10, batch_size: int = 64
+    ) -> list[list[SearchHit]]:
+        """Search several queries, embedded in batches of ``batch_size``.
+
+        Returns:
+            One hit list per query, in the order of ``texts`` (see search).
+        """
+        if isinstance(texts, str):
+            raise TypeError("search_many takes a sequence of queries: use search for one")
+        _check_k(k)
+        texts = list(texts)
+        for position, text in enumerate(texts):
+            _check_query(text, position if len(texts) > 1 else None)
+        if not texts:
+            return []
+        queries = self.embedder.embed(texts, batch_size=batch_size)  # (Q, D)
+        return self.search_vectors(queries, k)
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[SearchHit]]:
+        """Search with already embedded queries.
+
+        Args:
+            queries: float32 (Q, D) unit-norm vectors from the manifest's embedder.
+            k: hits per query; at most count are returned.
+
+        Returns:
+            One hit list per query row, best first.
+        """
+        _check_k(k)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self._manifest.dimension:
+            raise ValueError(
+                f"queries must have shape (Q, {self._manifest.dimension}), got {queries.shape}"
+            )
+        k = min(k, self.count)
+        if k == 0 or len(queries) == 0:
+            return [[] for _ in range(len(queries))]
+        scores, ids = self._index.search(queries, k)  # (Q, D) -> (Q, k), (Q, k)
+        return [
+            self._hits(row_scores, row_ids) for row_scores, row_ids in zip(scores, ids, strict=True)
+        ]
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchHit]:
+        found = ids >= 0  # FAISS pads with -1 when it has fewer than k results
+        scores, ids = scores[found], ids[found]  # (k,) -> (h,)
+        rows = self._order[np.searchsorted(self._sorted_ids, ids)]  # (h,) ids -> row numbers
+        entries = self._mapping.take(pa.array(rows, type=pa.int64())).to_pylist()
+        return [
+            SearchHit(
+                rank=rank,
+                score=float(score),
+                key=entry["key"],
+                caption=entry["caption"],
+                source=entry["source"],
+                member=entry["member"],
+            )
+            for rank, (score, entry) in enumerate(zip(scores, entries, strict=True), start=1)
+        ]
+
+
+def _check_embedder(path: Path, manifest: Manifest, sha256: str, dimension: int | None) -> None:
+    if sha256 != manifest.embedder_sha256:
+        raise EmbedderError(
+            f"index {path} was built with embedder {manifest.embedder_name!r} whose weights have "
+            f"sha256 {manifest.embedder_sha256}, but the embedder given has {sha256}: "
+            "query with the embedder the index was built with, or rebuild the index"
+        )
+    if dimension is not None and dimension != manifest.dimension:
+        raise EmbedderError(
+            f"index {path} has dimension {manifest.dimension} but the embedder gives {dimension}"
+        )
+
+
+def _load_manifest(path: Path) -> Manifest:
+    manifest_path = path / MANIFEST_FILE
+    try:
+        return Manifest.from_json(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        raise IndexLoadError(f"corrupt manifest {manifest_path}: {err}") from err
+
+
+def _load_faiss(path: Path, manifest: Manifest) -> faiss.Index:
+    index_path = path / INDEX_FILE
+    try:
+        index = faiss.read_index(str(index_path))
+    except RuntimeError as err:
+        # FAISS reports a bad file as a multi-line C++ trace; keep the first line.
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
+        raise IndexLoadError(f"corrupt FAISS index {index_path}: {reason}") from err
+    if index.ntotal != manifest.count or index.d != manifest.dimension:
+        raise IndexLoadError(
+            f"{index_path} holds {index.ntotal} vectors of dimension {index.d} but the manifest "
+            f"says {manifest.count} of dimension {manifest.dimension}: rebuild the index"
+        )
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexLoadError(f"{index_path} does not use the inner-product metric")
+    return index
+
+
+def _load_mapping(path: Path, manifest: Manifest) -> pa.Table:
+    mapping_path = path / MAPPING_FILE
+    try:
+        table = pq.read_table(mapping_path, columns=MAPPING_SCHEMA.names)
+        table = table.cast(MAPPING_SCHEMA)
+    except (pa.ArrowException, KeyError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise IndexLoadError(f"corrupt mapping {mapping_path}: {reason}") from err
+    if table.num_rows != manifest.count:
+        raise IndexLoadError(
+            f"{mapping_path} has {table.num_rows} rows but the manifest says {manifest.count}: "
+            "rebuild the index"
+        )
+    ids = table.column("id").to_numpy()
+    if len(np.unique(ids)) != len(ids):
+        raise IndexLoadError(f"{mapping_path} repeats ids: rebuild the index")
+    return table
+
+
+def _check_ids_agree(path: Path, index: faiss.Index, mapping: pa.Table) -> None:
+    index = faiss.downcast_index(index)
+    if not hasattr(index, "id_map"):  # not an IndexIDMap: ids are row numbers 0..N-1
+        index_ids = np.arange(index.ntotal, dtype=np.int64)
+    else:
+        index_ids = np.sort(faiss.vector_to_array(index.id_map))  # (N,)
+    mapping_ids = np.sort(mapping.column("id").to_numpy())  # (N,)
+    if not np.array_equal(index_ids, mapping_ids):
+        raise IndexLoadError(
+            f"the ids in {path / INDEX_FILE} and {path / MAPPING_FILE} differ: rebuild the index"
+        )
+
+
+def open_index(path: str | PathLike[str], embedder: TextEmbedder | None = None) -> SearchIndex:
+    """Load an index directory written by write_index.
+
+    Args:
+        path: the index directory.
+        embedder: embedder for queries; it must have the weights recorded in the manifest.
+            None loads the manifest's embedder on the first text search.
+
+    Returns:
+        The loaded index.
+
+    Raises:
+        IndexLoadError: the directory or a file is missing, or a file is corrupt or disagrees
+            with the manifest.
+        EmbedderError: ``embedder`` is not the one the index was built with.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise IndexLoadError(f"index directory {root} {what}")
+    if missing := [name for name in REQUIRED_FILES if not (root / name).is_file()]:
+        raise IndexLoadError(f"index directory {root} is missing {', '.join(missing)}")
+    manifest = _load_manifest(root)
+    index = _load_faiss(root, manifest)
+    mapping = _load_mapping(root, manifest)
+    _check_ids_agree(root, index, mapping)
+    if embedder is not None:
+        _check_embedder(root, manifest, embedder.sha256, embedder.dimension)
+    logger.info(
+        "opened index %s: %d entries, embedder %s", root, manifest.count, manifest.embedder_name
+    )
+    return SearchIndex(root, index, mapping, manifest, embedder)

@@ -1,0 +1,52 @@
+"""Checkpoints: safetensors + config.json + vocab.json, identical captions after a round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from captioning.backends import CaptionerOptions, NativeCaptioner
+from captioning.checkpoint import CheckpointError, load_checkpoint
+
+
+def test_round_trip_gives_identical_captions(tiny_checkpoint):
+    from PIL import Image
+
+    torch.manual_seed(3)
+    images = [Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy()) for _ in range(4)]
+    a = NativeCaptioner(tiny_checkpoint, CaptionerOptions(device="cpu", beam_size=2))
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert ckpt.name == "tiny" and ckpt.version == "t1"
+    b = NativeCaptioner(tiny_checkpoint, CaptionerOptions(device="cpu", beam_size=2))
+    first = a.caption([a.preprocess(i) for i in images])
+    second = b.caption([b.preprocess(i) for i in images])
+    assert [r.caption for r in first] == [r.caption for r in second]
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k])
+
+
+def test_missing_files_are_named(tiny_checkpoint):
+    (tiny_checkpoint / "vocab.json").unlink()
+    with pytest.raises(CheckpointError, match="missing vocab.json"):
+        load_checkpoint(tiny_checkpoint)
+
+
+def test_corrupt_weights_are_a_clear_error(tiny_checkpoint):
+    (tiny_checkpoint / "model.safetensors").write_bytes(b"\x00" * 40)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_checkpoint(tiny_checkpoint)
+
+
+def test_vocab_and_config_disagreeing_is_a_clear_error(tiny_checkpoint):
+    meta = json.loads((tiny_checkpoint / "config.json").read_text())
+    meta["model"]["vocab_size"] += 1
+    (tiny_checkpoint / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="vocab.json has"):
+        load_checkpoint(tiny_checkpoint)
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope")

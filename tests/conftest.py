@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny seeded models built in the test, never a network."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A 2-stage, randomly initialised Show-Attend-Tell model saved through the real code."""
+    from captioning.checkpoint import Checkpoint, save_checkpoint
+    from captioning.model import CaptionModel, ModelConfig
+    from captioning.vocab import Vocabulary
+
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(["a large red circle left of a small blue square",
+                              "two green triangles", "a small yellow star"])
+    config = ModelConfig(vocab_size=len(vocab), image_size=32, encoder_channels=(8, 16),
+                         embed_dim=16, hidden_dim=32, attention_dim=16, max_length=8)
+    model = CaptionModel(config).eval()
+    path = save_checkpoint(tmp_path / "tiny-model", Checkpoint(model, vocab, "tiny", "t1"))
+    return path

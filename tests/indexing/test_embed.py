@@ -1,0 +1,121 @@
+"""Tests for indexing.embed: resolution, fingerprints and embedding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexing import embed
+from indexing.embed import (
+    DEFAULT_EMBEDDER,
+    PACKAGED_EMBEDDER_SHA256,
+    EmbedderError,
+    TextEmbedder,
+    resolve_embedder,
+)
+from tests.indexing._helpers import TINY_HIDDEN
+
+
+@pytest.mark.parametrize("name", [DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2"])
+def test_default_name_resolves_to_packaged_model(name: str) -> None:
+    resolved = resolve_embedder(name)
+    assert resolved.name == DEFAULT_EMBEDDER
+    assert resolved.sha256 == PACKAGED_EMBEDDER_SHA256
+    assert (resolved.path / "model.safetensors").is_file()
+
+
+def test_packaged_weights_mismatch_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embed, "PACKAGED_EMBEDDER_SHA256", "0" * 64)
+    with pytest.raises(EmbedderError, match="the packaged embedder's weights do not match"):
+        resolve_embedder(DEFAULT_EMBEDDER)
+
+
+def test_hub_id_is_refused_with_a_local_directory_hint() -> None:
+    with pytest.raises(EmbedderError, match="not found locally.*unreachable.*local"):
+        resolve_embedder("sentence-transformers/all-mpnet-base-v2")
+
+
+def test_local_directory_with_pytorch_bin_only(tmp_path: Path) -> None:
+    payload = b"not really a checkpoint"
+    (tmp_path / "pytorch_model.bin").write_bytes(payload)
+    resolved = resolve_embedder(str(tmp_path))
+    assert resolved.path == tmp_path.resolve()
+    assert resolved.name == str(tmp_path.resolve())
+    assert resolved.sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_local_directory_weights_in_module_subdirectory(tmp_path: Path) -> None:
+    (tmp_path / "modules.json").write_text(
+        json.dumps([{"idx": 0, "name": "0", "path": "0_Transformer", "type": "x"}])
+    )
+    (tmp_path / "0_Transformer").mkdir()
+    (tmp_path / "0_Transformer" / "model.safetensors").write_bytes(b"w")
+    assert resolve_embedder(str(tmp_path)).sha256 == hashlib.sha256(b"w").hexdigest()
+
+
+def test_local_directory_without_weights(tmp_path: Path) -> None:
+    with pytest.raises(EmbedderError, match="no weights"):
+        resolve_embedder(str(tmp_path))
+
+
+def test_tiny_model_loads_as_local_directory(
+    tiny_model_dir: Path, tiny_embedder: TextEmbedder
+) -> None:
+    weights = tiny_model_dir / "model.safetensors"
+    assert tiny_embedder.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert tiny_embedder.name == str(tiny_model_dir.resolve())
+    assert tiny_embedder.dimension == TINY_HIDDEN
+    vectors = tiny_embedder.embed(["a red circle", "two blue squares", "x"])
+    assert vectors.shape == (3, TINY_HIDDEN)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_batched_embedding_matches_one_at_a_time(tiny_embedder: TextEmbedder) -> None:
+    texts = ["a", "a much longer caption that pads the short ones in its batch", "two cats"]
+    batched = tiny_embedder.embed(texts, batch_size=3)
+    single = np.concatenate([tiny_embedder.embed([t], batch_size=1) for t in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_embed_rejects_a_bare_string_and_bad_batch_size(tiny_embedder: TextEmbedder) -> None:
+    with pytest.raises(TypeError, match="not one str"):
+        tiny_embedder.embed("a red circle")
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny_embedder.embed(["a"], batch_size=0)
+
+
+def test_real_model_vectors_are_unit_norm(minilm: TextEmbedder) -> None:
+    vectors = minilm.embed(["a red circle", "two blue squares", "a dog on a beach"] * 3)
+    assert vectors.shape == (9, 384)
+    assert vectors.dtype == np.float32
+    assert minilm.dimension == 384
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_real_model_empty_input(minilm: TextEmbedder) -> None:
+    vectors = minilm.embed([])
+    assert vectors.shape == (0, 384)
+    assert vectors.dtype == np.float32
+
+
+def test_real_model_semantic_sanity(minilm: TextEmbedder) -> None:
+    query, near, far = minilm.embed(
+        ["a red circle", "a small red circle on a plain background", "two blue squares"]
+    )
+    assert float(query @ near) > float(query @ far) + 0.2
+
+
+def test_indexing_never_imports_beam_and_loads_models_lazily() -> None:
+    code = (
+        "import sys, indexing.embed, indexing.build, indexing.search; "
+        "bad = {'apache_beam', 'sentence_transformers'} & set(sys.modules); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
