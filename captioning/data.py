@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from captioning.decode import DecodeConfig, DecodeError, decode_image
@@ -52,7 +53,7 @@ def example_from_entry(entry: ShardEntry) -> Example | None:
     return Example(entry.key, caption, tuple(refs) or (caption,), truth)
 
 
-def _prepare(args: tuple[ShardEntry, int]) -> tuple[ShardEntry, torch.Tensor | str]:
+def _prepare(args: tuple[ShardEntry, int]) -> tuple[ShardEntry, np.ndarray | str]:
     entry, size = args
     if entry.data is None:
         return entry, entry.error or "read_error"
@@ -60,7 +61,9 @@ def _prepare(args: tuple[ShardEntry, int]) -> tuple[ShardEntry, torch.Tensor | s
         decoded = decode_image(entry.data, DecodeConfig(draft_size=(size, size)))
     except DecodeError as e:
         return entry, e.reason
-    return entry, to_model_input(decoded.image, size)
+    # numpy, not a tensor: torch would send tensors between processes as file descriptors,
+    # and tens of thousands of them exhaust the descriptor table.
+    return entry, to_model_input(decoded.image, size).numpy()
 
 
 def _entries(pattern: str, skipped: Counter) -> Iterator[ShardEntry]:
@@ -85,14 +88,14 @@ def load_training_data(pattern: str, image_size: int, workers: int = 2,
     images: list[torch.Tensor] = []
     examples: list[Example] = []
 
-    def consume(results: Iterator[tuple[ShardEntry, torch.Tensor | str]]) -> None:
+    def consume(results: Iterator[tuple[ShardEntry, np.ndarray | str]]) -> None:
         for entry, result in results:
             if isinstance(result, str):
                 skipped[result] += 1
                 continue
             example = example_from_entry(entry)
             assert example is not None
-            images.append(result)
+            images.append(torch.from_numpy(result))
             examples.append(example)
             if limit is not None and len(examples) >= limit:
                 return

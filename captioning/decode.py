@@ -21,6 +21,8 @@ _WHITE = (255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
 # Orientations 5-8 turn the picture a quarter, so the displayed width is the stored height.
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
+# Camera JPEGs holding more than one picture open as "MPO"; libjpeg drafts them the same way.
+_JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 # What Pillow's decoders raise on malformed input (its fuzzers hold it to these).
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
 
@@ -45,8 +47,8 @@ class DecodeConfig:
     Attributes:
         max_pixels: largest width * height a file may declare. Pillow's own guard still applies
             on top: files over 2 * PIL.Image.MAX_IMAGE_PIXELS are refused whatever this says.
-        draft_size: for JPEG, let libjpeg decode at the smallest 1/2, 1/4 or 1/8 scale that is
-            still at least this (width, height); None decodes at full size.
+        draft_size: for JPEG (and MPO), let libjpeg decode at the smallest 1/2, 1/4 or 1/8
+            scale that is still at least this (width, height); None decodes at full size.
     """
 
     max_pixels: int = 100_000_000
@@ -123,7 +125,7 @@ def _decode_opened(img: Image.Image, config: DecodeConfig) -> DecodedImage:
             f"over the limit of {config.max_pixels:,}",
         )
     fmt = img.format or "UNKNOWN"
-    if config.draft_size is not None and fmt == "JPEG":
+    if config.draft_size is not None and fmt in _JPEG_FORMATS:
         # A JPEG's EXIF sits in its header, so reading it decodes nothing. The draft box is in
         # stored axes; the requested size is in displayed axes.
         dw, dh = config.draft_size

@@ -327,7 +327,8 @@ def _reference_entry(
     source: Path, key: str, value: Any
 ) -> tuple[list[str], list[tuple[str, str]] | None]:
     where = f"{source}: entry {key!r}"
-    objects = None
+    refs: Any
+    objects: Any = None
     if isinstance(value, list):
         refs = value
     elif isinstance(value, dict):

@@ -205,10 +205,83 @@ def evaluate(
     out.print(table)
 
 
+BEAM_ARGS_HELP = "Beam pipeline options go after `--`, e.g. -- --runner DirectRunner --direct_num_workers=2"
+
+
+def _caption_config(input_: str, out_dir: str, model: str | None, batch_size: int,
+                    beam_size: int, device: str, overwrite: bool, image_column: str,
+                    model_copies: int | None):
+    from captioning.backends import CaptionerOptions
+    from captioning.shards import ReadConfig
+    from pipelines.caption_pipeline import CaptionConfig
+
+    return CaptionConfig(
+        input=input_, out=out_dir, model=model, batch_size=batch_size, overwrite=overwrite,
+        captioner=CaptionerOptions(device=device, beam_size=beam_size),
+        read=ReadConfig(image_column=image_column), model_copies=model_copies,
+    )
+
+
+def _run_caption_with_display(config, beam_args: list[str]):
+    from rich.live import Live
+
+    from pipelines.caption_pipeline import run_caption
+
+    with Live(console=err, refresh_per_second=4, transient=True) as live:
+        def on_progress(counts: dict[str, int], seconds: float) -> None:
+            done = counts["captioned"] + counts["failed"]
+            rate = done / seconds if seconds > 0 else 0.0
+            live.update(f"[bold]{done}[/] images done, {rate:.1f} images/s, "
+                        f"{counts['failed']} failed, {seconds:.0f} s")
+
+        summary = run_caption(config, beam_args, on_progress=on_progress)
+    table = Table(title=f"caption run {summary.run_id}")
+    table.add_column("")
+    table.add_column("images", justify="right")
+    table.add_row("read", str(summary.read))
+    table.add_row("captioned", str(summary.captioned))
+    for reason, n in summary.failed.items():
+        table.add_row(f"failed: {reason}", str(n))
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    table.add_row("images/s", f"{summary.read / max(summary.seconds, 1e-9):.1f}")
+    err.print(table)
+    verdict = "every image is accounted for" if summary.balanced else "COUNTS DO NOT ADD UP"
+    err.print(f"read {summary.read} = captioned {summary.captioned} + failed "
+              f"{summary.failed_total}: {verdict}. Output in {config.out}")
+    if not summary.balanced:
+        raise typer.Exit(1)
+    return summary
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog=BEAM_ARGS_HELP)
+def caption(
+    ctx: typer.Context,
+    input_: Annotated[str, typer.Argument(metavar="INPUT", help="Folder, tar/Parquet shards, "
+                                          "glob or brace pattern; any fsspec URL.")],
+    out_dir: Annotated[str, typer.Option("--out", help="Output folder (or fsspec URL).")],
+    model: ModelOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    beam_size: Annotated[int, typer.Option("--beam-size")] = 3,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    image_column: Annotated[str, typer.Option("--image-column",
+                                              help="Parquet column with image bytes.")] = "jpg",
+    model_copies: Annotated[int | None, typer.Option("--model-copies", help="Share the model "
+                            "across a worker's processes, N copies.")] = None,
+) -> None:
+    """Caption an archive with a Beam pipeline: captions and failures to Parquet."""
+    config = _caption_config(input_, out_dir, model, batch_size, beam_size, device, overwrite,
+                             image_column, model_copies)
+    _run_caption_with_display(config, list(ctx.args))
+
+
 def main() -> None:
     """Entry point: known bad input becomes one clear line and exit code 2, never a traceback."""
     logging.basicConfig(level=os.environ.get("IMGINDEX_LOG", "WARNING"),
                         format="%(levelname)s %(name)s: %(message)s")
+    # Beam warns about Google Cloud client libraries on import; we need none for local runs.
+    logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
     from captioning.checkpoint import CheckpointError
     from captioning.shards import InputError
 

@@ -258,6 +258,15 @@ def test_jpeg_draft_reduces_but_reports_the_file_size():
     assert decode_image(data, DecodeConfig(draft_size=None)).image.size == (2000, 2000)
 
 
+def test_multi_picture_jpeg_gives_first_picture_drafted():
+    frames = [Image.new("RGB", (2000, 1500), c) for c in (GREEN, RED)]
+    data = encode(frames[0], "MPO", save_all=True, append_images=frames[1:])
+    decoded = decode_image(data)
+    assert (decoded.format, decoded.width, decoded.height) == ("MPO", 2000, 1500)
+    assert decoded.image.size == (500, 375)  # min(2000 // 256, 1500 // 256) = 5 -> scale 1/4
+    assert_close(pixel(decoded, (10, 10)), GREEN, tol=2)
+
+
 def test_draft_only_applies_to_jpeg_and_only_when_larger():
     png = decode_image(encode(Image.new("RGB", (600, 600), GREEN), "PNG"))
     assert png.image.size == (600, 600)

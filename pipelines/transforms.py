@@ -1,0 +1,134 @@
+"""Thin DoFns over the pure cores: shards -> entries -> decoded images -> caption/failure rows."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import PredictionResult
+
+from captioning.backends import CaptionResult
+from captioning.decode import DecodeConfig, DecodeError, decode_image
+from captioning.shards import ReadConfig, Shard, ShardEntry, iter_shard
+from pipelines.handlers import NAMESPACE, CaptionFailure
+from pipelines.progress import ProgressWriter
+from pipelines.records import CaptionRow, FailureRow, ImageInput
+
+FAILURES = "failures"
+
+
+def _failed(reason: str) -> None:
+    Metrics.counter(NAMESPACE, f"failed_{reason}").inc()
+
+
+class ReadShard(beam.DoFn):
+    """Shard -> its entries, streamed; an entry that could not be read goes to FAILURES."""
+
+    def __init__(self, config: ReadConfig, run_id: str):
+        self._config, self._run_id = config, run_id
+        self._read = Metrics.counter(NAMESPACE, "read")
+        self._ms = Metrics.counter(NAMESPACE, "read_ms")
+
+    def process(self, shard: Shard) -> Iterator:
+        entries = iter_shard(shard, self._config)
+        while True:
+            started = time.perf_counter()  # time in the reader only, not in fused downstream work
+            entry = next(entries, None)
+            self._ms.inc(int((time.perf_counter() - started) * 1000))
+            if entry is None:
+                return
+            self._read.inc()
+            if entry.data is None:
+                reason = entry.error or "read_error"
+                _failed(reason)
+                yield beam.pvalue.TaggedOutput(FAILURES, FailureRow(
+                    entry.key, entry.source, entry.member, "read", reason,
+                    entry.message or reason, self._run_id))
+            else:
+                yield entry
+
+
+class DecodeImages(beam.DoFn):
+    """ShardEntry -> ImageInput (an RGB image and its provenance), or a decode failure."""
+
+    def __init__(self, config: DecodeConfig, run_id: str):
+        self._config, self._run_id = config, run_id
+        self._ms = Metrics.counter(NAMESPACE, "decode_ms")
+
+    def process(self, entry: ShardEntry) -> Iterator:
+        started = time.perf_counter()
+        assert entry.data is not None
+        digest = hashlib.sha256(entry.data).hexdigest()
+        try:
+            decoded = decode_image(entry.data, self._config)
+        except DecodeError as e:
+            _failed(e.reason)
+            yield beam.pvalue.TaggedOutput(FAILURES, FailureRow(
+                entry.key, entry.source, entry.member, "decode", e.reason, e.message,
+                self._run_id))
+            return
+        finally:
+            self._ms.inc(int((time.perf_counter() - started) * 1000))
+        yield ImageInput(entry.key, entry.source, entry.member, digest, decoded.width,
+                         decoded.height, decoded.format, decoded.image)
+
+
+class ToRows(beam.DoFn):
+    """RunInference's PredictionResult -> a CaptionRow (main) or a FailureRow (FAILURES)."""
+
+    def __init__(self, run_id: str, model_name: str, model_version: str,
+                 progress_dir: str | None):
+        self._run_id, self._model, self._version = run_id, model_name, model_version
+        self._progress_dir = progress_dir
+        self._captioned = Metrics.counter(NAMESPACE, "captioned")
+
+    def setup(self) -> None:
+        self._progress = ProgressWriter(self._progress_dir) if self._progress_dir else None
+
+    def process(self, result: PredictionResult) -> Iterator:
+        x: ImageInput = result.example
+        out = result.inference
+        if isinstance(out, CaptionFailure):
+            _failed(out.error_type)
+            if self._progress:
+                self._progress.add(failed=1)
+            yield beam.pvalue.TaggedOutput(FAILURES, FailureRow(
+                x.key, x.source, x.member, "caption", out.error_type, out.message, self._run_id))
+            return
+        assert isinstance(out, CaptionResult)
+        self._captioned.inc()
+        if self._progress:
+            self._progress.add(captioned=1)
+        yield CaptionRow(
+            key=x.key, source=x.source, member=x.member, sha256=x.sha256, width=x.width,
+            height=x.height, format=x.format, caption=out.caption,
+            candidates=list(out.candidates), model=self._model, model_version=self._version,
+            run_id=self._run_id, captioned_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        ).to_dict()
+
+    def teardown(self) -> None:
+        if self._progress:
+            self._progress.flush()
+
+
+class CountFailures(beam.DoFn):
+    """FailureRow -> dict for Parquet; also feeds the local progress display."""
+
+    def __init__(self, progress_dir: str | None):
+        self._progress_dir = progress_dir
+
+    def setup(self) -> None:
+        self._progress = ProgressWriter(self._progress_dir) if self._progress_dir else None
+
+    def process(self, row: FailureRow) -> Iterator[dict]:
+        if self._progress and row.stage != "caption":  # caption failures counted in ToRows
+            self._progress.add(failed=1)
+        yield row.to_dict()
+
+    def teardown(self) -> None:
+        if self._progress:
+            self._progress.flush()
