@@ -36,16 +36,40 @@ class CaptionerOptions:
     beam_size: int = 3
     max_length: int = 24
     length_penalty: float = 1.0
+    # Hugging Face models only (hf:NAME_OR_PATH); the defaults leave the native model unchanged.
+    dtype: str = "auto"  # float32, float16, bfloat16; "auto" = bfloat16 on cuda, float32 elsewhere
+    num_return_sequences: int = 1  # candidates per image, best first; at most beam_size
+    min_new_tokens: int | None = None
+    prompt: str | None = None  # None = the family's default instruction or task prompt
+    trust_remote_code: bool = False  # run Python shipped with the model (auto_map, Florence-2)
+    allow_pickle: bool = False  # load pytorch_model.bin (pickle) when there are no safetensors
 
     def __post_init__(self) -> None:
         DecodeOptions(self.beam_size, self.max_length, self.length_penalty)  # validates
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             raise ValueError(f"--device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"--dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.num_return_sequences < 1:
+            raise ValueError("--num-return-sequences must be at least 1, "
+                             f"got {self.num_return_sequences}")
+        if self.num_return_sequences > self.beam_size:
+            raise ValueError(f"--num-return-sequences {self.num_return_sequences} needs "
+                             f"--beam-size of at least {self.num_return_sequences}, "
+                             f"got {self.beam_size}")
+        if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_length:
+            raise ValueError(f"--min-new-tokens must be between 0 and --max-length "
+                             f"({self.max_length}), got {self.min_new_tokens}")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+        return getattr(torch, self.dtype)
 
 
 class Captioner(Protocol):

@@ -357,8 +357,14 @@ def _failure(
     shard: Shard, key: str, member: str, error: str, message: str, level: int = logging.WARNING
 ) -> ShardEntry:
     """A failure entry; per-sample reasons that can be frequent log at DEBUG (counters count)."""
+    message = _one_line(message)
     logger.log(level, "%s [%s] %s: %s", shard.uri, key, error, message)
     return ShardEntry(key, shard.uri, member, None, None, None, error=error, message=message)
+
+
+def _one_line(text: str) -> str:
+    """Library errors (pyarrow's thrift ones) carry newlines and raw control bytes: one line."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def _caption(raw: bytes | str | None) -> str | None:

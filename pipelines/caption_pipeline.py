@@ -20,31 +20,24 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import apache_beam as beam
 import fsspec
 from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.ml.inference.base import RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from captioning.backends import CaptionerOptions, load_captioner
 from captioning.decode import DecodeConfig
 from captioning.shards import ReadConfig, Shard, list_shards
+from pipelines import imgindex_version
 from pipelines.handlers import NAMESPACE, CaptionModelHandler
+from pipelines.options import pipeline_options
 from pipelines.progress import read_progress
 from pipelines.records import CAPTION_SCHEMA, FAILURE_SCHEMA
 from pipelines.transforms import FAILURES, CountFailures, DecodeImages, ReadShard, ToRows
 
 logger = logging.getLogger(__name__)
-
-
-def imgindex_version() -> str:
-    try:
-        return version("imgindex")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +155,7 @@ def run_caption(config: CaptionConfig, beam_args: list[str],
         progress_dir = str(Path(fsspec.core.url_to_fs(config.out)[1]) / ".progress")
         Path(progress_dir).mkdir(parents=True, exist_ok=True)
 
-    options = PipelineOptions(beam_args or [])
+    options = pipeline_options(beam_args)
     started = time.perf_counter()
     with_progress = progress_dir is not None and on_progress is not None
     stop = threading.Event()

@@ -247,7 +247,7 @@ def _run_caption_with_display(config, beam_args: list[str]):
     err.print(table)
     verdict = "every image is accounted for" if summary.balanced else "COUNTS DO NOT ADD UP"
     err.print(f"read {summary.read} = captioned {summary.captioned} + failed "
-              f"{summary.failed_total}: {verdict}. Output in {config.out}")
+              f"{summary.failed_total}: {verdict}. Output in {config.out}", soft_wrap=True)
     if not summary.balanced:
         raise typer.Exit(1)
     return summary
@@ -276,6 +276,87 @@ def caption(
     _run_caption_with_display(config, list(ctx.args))
 
 
+def _index(captions_dir: str, index_dir: str, embedder: str | None, batch_size: int,
+           overwrite: bool, beam_args: list[str]):
+    from indexing.embed import DEFAULT_EMBEDDER
+    from pipelines.index_pipeline import IndexConfig, run_index
+
+    config = IndexConfig(captions_dir=captions_dir, out_dir=index_dir,
+                         embedder=embedder or DEFAULT_EMBEDDER, batch_size=batch_size,
+                         overwrite=overwrite)
+    with err.status("embedding captions and building the index ..."):
+        summary = run_index(config, beam_args)
+    err.print(f"indexed {summary.count} captions ({summary.dimension}-d) in "
+              f"{summary.seconds:.1f} s: {summary.out_dir}")
+    return summary
+
+
+EmbedderOpt = Annotated[str | None, typer.Option(
+    "--embedder", help="sentence-transformers model name or local directory. "
+    "Default: all-MiniLM-L6-v2 (packaged, offline).")]
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog=BEAM_ARGS_HELP)
+def index(
+    ctx: typer.Context,
+    captions_dir: Annotated[str, typer.Argument(metavar="OUT",
+                                                help="A caption run's output folder.")],
+    index_dir: Annotated[str, typer.Option("--out", help="Index folder to write.")],
+    embedder: EmbedderOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Embed a caption run's captions and build a FAISS index."""
+    _index(captions_dir, index_dir, embedder, batch_size, overwrite, list(ctx.args))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog=BEAM_ARGS_HELP)
+def run(
+    ctx: typer.Context,
+    input_: Annotated[str, typer.Argument(metavar="INPUT", help="Images to caption and index.")],
+    out_dir: Annotated[str, typer.Option("--out", help="Output folder; the index goes to OUT/index.")],
+    model: ModelOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    beam_size: Annotated[int, typer.Option("--beam-size")] = 3,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    image_column: Annotated[str, typer.Option("--image-column")] = "jpg",
+    embedder: EmbedderOpt = None,
+) -> None:
+    """Caption + index in one go."""
+    config = _caption_config(input_, out_dir, model, batch_size, beam_size, device, overwrite,
+                             image_column, None)
+    _run_caption_with_display(config, list(ctx.args))
+    _index(out_dir, f"{out_dir.rstrip('/')}/index", embedder, 256, overwrite, list(ctx.args))
+
+
+@app.command()
+def search(
+    index_dir: Annotated[str, typer.Argument(metavar="INDEX", help="An index folder.")],
+    query: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    k: Annotated[int, typer.Option("-k", "--top", help="Number of results.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Search an index with natural-language text."""
+    from indexing.search import open_index
+
+    hits = open_index(index_dir).search(query, k)
+    if as_json:
+        for h in hits:
+            print(json.dumps({"rank": h.rank, "score": round(h.score, 6), "key": h.key,
+                              "caption": h.caption, "source": h.source, "member": h.member}))
+        return
+    table = Table(title=f"“{query}”")
+    for col, just in (("rank", "right"), ("score", "right"), ("caption", "left"),
+                      ("source", "left")):
+        table.add_column(col, justify=just)
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.caption, f"{h.source} :: {h.member}")
+    out.print(table)
+
+
 def main() -> None:
     """Entry point: known bad input becomes one clear line and exit code 2, never a traceback."""
     logging.basicConfig(level=os.environ.get("IMGINDEX_LOG", "WARNING"),
@@ -289,7 +370,8 @@ def main() -> None:
         app(standalone_mode=False)
     except (UsageError, InputError, CheckpointError, FileExistsError, FileNotFoundError,
             ValueError) as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        # soft_wrap: one line whatever the width; Rich folds at 80 columns when not a terminal.
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)

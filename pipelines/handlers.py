@@ -16,7 +16,7 @@ from typing import Any
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from captioning.backends import CaptionerOptions, CaptionResult, Captioner, load_captioner
+from captioning.backends import Captioner, CaptionerOptions, CaptionResult, load_captioner
 from pipelines.records import ImageInput
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ caption_text, assemble_index, write_embedded_index) tested without Beam, and by 
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,7 +23,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
 from indexing.build import MANIFEST_FILE, IndexEntry, Manifest, write_index
@@ -35,14 +33,14 @@ from indexing.embed import (
     TextEmbedder,
     resolve_embedder,
 )
+from pipelines import imgindex_version
+from pipelines.options import pipeline_options
 
 logger = logging.getLogger(__name__)
 
 CAPTIONS_SUBDIR = "captions"  # where the caption pipeline writes its Parquet files under OUT
 INDEX_COLUMNS = ("key", "caption", "source", "member")  # the CAPTION_SCHEMA columns an index uses
-DEFAULT_RUNNER = "DirectRunner"
 METRICS_NAMESPACE = "imgindex.index"
-UNKNOWN_VERSION = "0+unknown"
 
 
 @dataclass(frozen=True)
@@ -222,8 +220,13 @@ def assemble_index(embedded: Iterable[EmbeddedCaption], dimension: int) -> Assem
             continue
         kept.append(item)
     entries = [
-        IndexEntry(id=i, key=e.caption.key, caption=e.caption.caption, source=e.caption.source,
-                   member=e.caption.member)
+        IndexEntry(
+            id=i,
+            key=e.caption.key,
+            caption=e.caption.caption,
+            source=e.caption.source,
+            member=e.caption.member,
+        )
         for i, e in enumerate(kept)
     ]
     if kept:
@@ -231,14 +234,6 @@ def assemble_index(embedded: Iterable[EmbeddedCaption], dimension: int) -> Assem
     else:
         vectors = np.zeros((0, dimension), dtype=np.float32)  # (0, D)
     return AssembledIndex(entries, vectors, duplicates=len(ordered) - len(kept))
-
-
-def imgindex_version() -> str:
-    """The installed imgindex version, or UNKNOWN_VERSION when run from an uninstalled tree."""
-    try:
-        return importlib.metadata.version("imgindex")
-    except importlib.metadata.PackageNotFoundError:
-        return UNKNOWN_VERSION
 
 
 def write_embedded_index(
@@ -371,7 +366,10 @@ class WriteIndex(beam.DoFn):
     """The gathered list of EmbeddedCaption -> the index directory; yields its Manifest."""
 
     def __init__(
-        self, out_dir: str, embedder: ResolvedEmbedder, caption_files: Sequence[str],
+        self,
+        out_dir: str,
+        embedder: ResolvedEmbedder,
+        caption_files: Sequence[str],
         overwrite: bool,
     ) -> None:
         self._out_dir = out_dir
@@ -429,8 +427,8 @@ def run_index(config: IndexConfig, beam_args: Sequence[str] | None = None) -> In
 
     Args:
         config: what to index and where.
-        beam_args: Beam pipeline flags (e.g. ["--runner=DirectRunner"]); DEFAULT_RUNNER when
-            no runner is given. WriteIndex writes to the local disk of the worker that runs it,
+        beam_args: Beam pipeline flags (e.g. ["--runner=DirectRunner"]); the local in-process
+            runner (pipelines.options.LOCAL_RUNNER) when no runner is given. WriteIndex writes to the local disk of the worker that runs it,
             so use a local runner (or a worker that shares out_dir's filesystem).
 
     Returns:
@@ -442,11 +440,7 @@ def run_index(config: IndexConfig, beam_args: Sequence[str] | None = None) -> In
         RuntimeError: the pipeline ended in a state other than DONE.
     """
     start = time.perf_counter()
-    options = PipelineOptions(list(beam_args or []))
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = DEFAULT_RUNNER
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(options=pipeline_options(beam_args))
     build_index_pipeline(pipeline, config)
     state = pipeline.run().wait_until_finish()
     if state != PipelineState.DONE:

@@ -1,0 +1,155 @@
+"""Images/s of our HFCaptioner against transformers' own pipeline, per family and batch size, on CPU.
+
+Each family is a base-size architecture with random weights (built offline by
+tests/captioning/hf_tiny.py, cached under --workdir), so every caption is exactly --new-tokens
+tokens long (min_new_tokens = max_new_tokens) and the timings compare like with like. Both sides
+start from the same decoded PIL images and include preprocessing. The baseline is a plain loop over
+`transformers.pipeline("image-text-to-text")` (transformers 5 folded "image-to-text" into it) at
+batch 1 and the same pipeline with batch_size=N; for families that pipeline cannot run (GIT: it
+passes token_type_ids to generate; VisionEncoderDecoder: it has no processor class) it is the
+model-card loop (processor -> generate -> decode, one image at a time).
+
+    python benchmarks/captioners.py --families blip --batches 1,8,32 --images 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from captioning.backends import CaptionerOptions  # noqa: E402
+from captioning.hf import HFCaptioner  # noqa: E402
+from tests.captioning.hf_tiny import FAMILIES, build  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+def images(n: int, seed: int = 0) -> list[Image.Image]:
+    """Photo-sized random images of a few aspect ratios (the processors resize them)."""
+    rng = np.random.default_rng(seed)
+    sizes = [(640, 480), (480, 640), (500, 500), (800, 450)]
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            for w, h in (sizes[i % len(sizes)] for i in range(n))]
+
+
+def model_dir(family: str, workdir: Path, size: str) -> Path:
+    d = workdir / f"{family}-{size}"
+    if not (d / "config.json").is_file():
+        print(f"building a {size} {family} model in {d} ...", file=sys.stderr)
+        build(family, d, size)
+    return d
+
+
+def time_ours(cap: HFCaptioner, imgs: list[Image.Image], batch: int) -> float:
+    cap.caption([cap.preprocess(imgs[0])])  # warm-up: first-call allocations, lazy inits
+    t = time.perf_counter()
+    for i in range(0, len(imgs), batch):
+        cap.caption([cap.preprocess(im) for im in imgs[i:i + batch]])
+    return len(imgs) / (time.perf_counter() - t)
+
+
+def baseline(cap: HFCaptioner, gen: dict):
+    """A callable (images, batch) -> None running transformers' own path, and its name."""
+    from transformers import pipeline
+
+    if cap.family in ("blip", "blip-2", "image-text-to-text", "florence2"):
+        pipe = pipeline("image-text-to-text", model=cap.model, processor=cap.processor,
+                        device=cap.device)
+        text = cap._text if cap._text is not None else (cap.prompt or "")
+
+        def run(imgs: list[Image.Image], batch: int) -> None:
+            if batch == 1:
+                for im in imgs:
+                    pipe(images=im, text=text, generate_kwargs=gen)
+            else:
+                pipe(images=imgs, text=[text] * len(imgs), batch_size=batch, generate_kwargs=gen)
+
+        return run, "pipeline"
+
+    def loop(imgs: list[Image.Image], batch: int) -> None:
+        for i in range(0, len(imgs), batch):
+            chunk = imgs[i:i + batch]
+            if cap.processor is not None:
+                enc = cap.processor(images=chunk, return_tensors="pt")
+            else:
+                enc = cap.image_processor(images=chunk, return_tensors="pt")
+            with torch.inference_mode():
+                out = cap.model.generate(pixel_values=enc["pixel_values"], **gen)
+            cap.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    return loop, "model-card loop"
+
+
+def time_baseline(run, imgs: list[Image.Image], batch: int) -> float:
+    run(imgs[:1], 1)
+    t = time.perf_counter()
+    run(imgs, batch)
+    return len(imgs) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--families", default=",".join(FAMILIES),
+                    help=f"comma-separated, from {', '.join(FAMILIES)}")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=20)
+    ap.add_argument("--beam-size", type=int, default=1)
+    ap.add_argument("--size", default="base", choices=("base", "tiny"))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/imgindex-bench-models"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    imgs = images(args.images)
+    opts = CaptionerOptions(device="cpu", dtype="float32", beam_size=args.beam_size,
+                            max_length=args.new_tokens, min_new_tokens=args.new_tokens)
+    gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens,
+           "num_beams": args.beam_size, "do_sample": False}
+    import transformers
+
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch threads "
+          f"{torch.get_num_threads()}; python {platform.python_version()}, torch "
+          f"{torch.__version__}, transformers {transformers.__version__}")
+    print(f"{args.size} models, random weights, {args.images} images, exactly {args.new_tokens} "
+          f"new tokens, beam size {args.beam_size}, float32\n")
+    print("| family | batch | ours img/s | baseline | baseline img/s | ours / baseline | "
+          "ours per-image cost vs ours batch 1 |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    for family in args.families.split(","):
+        cap = HFCaptioner(str(model_dir(family, args.workdir, args.size)), opts)
+        run, base_name = baseline(cap, gen)
+        first = None
+        for b in batches:
+            ours = time_ours(cap, imgs, b)
+            first = first or ours
+            theirs = None if args.no_baseline else time_baseline(run, imgs, b)
+            theirs_s = "-" if theirs is None else f"{theirs:.2f}"
+            ratio = "-" if theirs is None else f"{ours / theirs:.2f}x"
+            print(f"| {family} | {b} | {ours:.2f} | {base_name} b={b} | {theirs_s} | {ratio} | "
+                  f"{first / ours:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Hugging Face image-to-text models as a Captioner: RGB images -> CaptionResults, a batch at a time.
+
+Families (detected from config.json by captioning.hf_resolve): BLIP, GIT, VisionEncoderDecoder,
+BLIP-2, Florence-2 and generic image-text-to-text VLMs (an instruction prompt through the chat
+template). `preprocess` runs the image processor (and, for VLMs, the whole processor) on one image,
+so it overlaps with inference; `caption` collates, generates and strips prompts and special tokens.
+
+Batching never changes a caption: every image of a batch gets the same prompt ids, so a fixed
+family's text side needs no padding at all; VLM prompts whose image-token count differs per image
+are left-padded (right padding would make the model continue from pad tokens).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from captioning.backends import CaptionerOptions, CaptionResult
+from captioning.hf_resolve import ModelLoadError, ResolvedModel, resolve
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HFCaptioner", "ModelLoadError"]
+
+DEFAULT_INSTRUCTION = "Describe this image in one sentence."
+FLORENCE_TASK = "<MORE_DETAILED_CAPTION>"
+# Families whose processor output for one image is the whole model input (text side included).
+_PER_IMAGE_TEXT = ("image-text-to-text", "florence2")
+# Token-sequence keys of a processor's output: left-padded when collated; the rest concatenated.
+_SEQUENCE_KEYS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0,
+                  "mm_token_type_ids": 0}
+
+
+def _model_class(resolved: ResolvedModel):
+    import transformers as tf
+
+    fixed = {"blip": tf.BlipForConditionalGeneration, "git": tf.GitForCausalLM,
+             "vision-encoder-decoder": tf.VisionEncoderDecoderModel,
+             "blip-2": tf.Blip2ForConditionalGeneration}
+    if resolved.family in fixed:
+        return fixed[resolved.family]
+    if resolved.remote_code:  # its own classes, through whichever auto class auto_map names
+        from captioning.hf_resolve import read_config
+
+        auto_map = read_config(resolved.path)["auto_map"]
+        for name in ("AutoModelForImageTextToText", "AutoModelForVision2Seq",
+                     "AutoModelForCausalLM", "AutoModelForSeq2SeqLM"):
+            if name in auto_map and hasattr(tf, name):
+                return getattr(tf, name)
+        raise ModelLoadError(f"{resolved.path}: its auto_map names no generative model class "
+                             f"({', '.join(auto_map)})")
+    return tf.AutoModelForImageTextToText
+
+
+def load_model(resolved: ResolvedModel, options: CaptionerOptions) -> Any:
+    """from_pretrained with safetensors (pickle only when allowed), the dtype, and SDPA when offered."""
+    from safetensors import SafetensorError
+
+    cls = _model_class(resolved)
+    kwargs = {"dtype": options.resolved_dtype(), "use_safetensors": resolved.safetensors,
+              "trust_remote_code": options.trust_remote_code}
+    try:
+        try:
+            model = cls.from_pretrained(resolved.path, attn_implementation="sdpa", **kwargs)
+        except (ValueError, ImportError) as e:
+            if "sdpa" not in str(e).lower() and "attention" not in str(e).lower():
+                raise
+            logger.info("%s: no SDPA attention (%s); using the model's default", resolved.path, e)
+            model = cls.from_pretrained(resolved.path, **kwargs)
+    except (OSError, RuntimeError, SafetensorError, KeyError, ValueError) as e:
+        if isinstance(e, ModelLoadError):
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{resolved.path}: cannot load the model weights ({reason}); "
+                             "re-download or re-save the model") from e
+    return model.to(options.resolved_device()).eval()
+
+
+def load_processor(resolved: ResolvedModel, options: CaptionerOptions) -> tuple[Any, Any, Any]:
+    """(processor or None, image processor, tokenizer) saved with the model."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    trust = options.trust_remote_code
+    try:
+        if resolved.family == "vision-encoder-decoder":  # no processor class: the two parts
+            return (None, AutoImageProcessor.from_pretrained(resolved.path, trust_remote_code=trust),
+                    AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust))
+        processor = AutoProcessor.from_pretrained(resolved.path, trust_remote_code=trust)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{resolved.path}: cannot load its processor/tokenizer ({reason}); "
+                             "save it next to the model with processor.save_pretrained") from e
+    tokenizer = getattr(processor, "tokenizer", None)
+    image_processor = getattr(processor, "image_processor", None)
+    if tokenizer is None or image_processor is None:
+        raise ModelLoadError(f"{resolved.path}: its processor ({type(processor).__name__}) lacks "
+                             "a tokenizer or an image processor")
+    return processor, image_processor, tokenizer
+
+
+class HFCaptioner:
+    """A transformers image-to-text model behind the Captioner protocol."""
+
+    def __init__(self, name_or_path: str, options: CaptionerOptions = CaptionerOptions()):
+        self.options = options
+        self.resolved = resolve(name_or_path, trust_remote_code=options.trust_remote_code,
+                                allow_pickle=options.allow_pickle)
+        self.family = self.resolved.family
+        self.device = options.resolved_device()
+        self.dtype = options.resolved_dtype()
+        self.processor, self.image_processor, self.tokenizer = load_processor(self.resolved, options)
+        self.model = load_model(self.resolved, options)
+        self.name = f"hf:{name_or_path}"
+        self.version = _version(self.resolved)
+        self.prompt = self._default_prompt() if options.prompt is None else options.prompt
+        if self.family == "vision-encoder-decoder" and options.prompt is not None:
+            raise ValueError("--prompt: vision-encoder-decoder models take no prompt; leave it out")
+        self._text = self._processor_text() if self.family in _PER_IMAGE_TEXT else None
+        self._prompt_ids = self._fixed_prompt_ids() if self.family not in _PER_IMAGE_TEXT else None
+        gc = self.model.generation_config
+        eos = gc.eos_token_id if gc.eos_token_id is not None else self.tokenizer.eos_token_id
+        if self.family == "blip":  # BLIP ends captions with [SEP], not its config's eos
+            eos = self.model.config.text_config.sep_token_id
+        self._eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        pad = gc.pad_token_id if gc.pad_token_id is not None else self.tokenizer.pad_token_id
+        self._pad = pad if pad is not None else next(iter(self._eos), 0)
+        logger.info("loaded %s (%s, %s, %s) on %s", self.name, self.family,
+                    type(self.model).__name__, self.dtype, self.device)
+
+    # -- prompts ---------------------------------------------------------------------------
+    def _default_prompt(self) -> str | None:
+        if self.family == "florence2" or "florence" in self.resolved.model_type:
+            return FLORENCE_TASK
+        if self.family == "image-text-to-text":
+            return DEFAULT_INSTRUCTION
+        return None  # BLIP, GIT, BLIP-2 caption unconditionally; VED takes no prompt
+
+    def _processor_text(self) -> str:
+        """The full text a per-image processor call gets: the chat template applied when there is one."""
+        prompt = self.prompt or ""
+        if self.family == "image-text-to-text" and getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"},
+                                                     {"type": "text", "text": prompt}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                      tokenize=False)
+        return prompt
+
+    def _fixed_prompt_ids(self) -> torch.Tensor | None:
+        """(1, L) ids every image's decoder starts from, the same for the whole batch."""
+        tok, cfg = self.tokenizer, self.model.config
+        words = tok(self.prompt, add_special_tokens=False).input_ids if self.prompt else []
+        if self.family == "blip":  # [DEC] prompt [SEP]; BLIP's generate drops the last token
+            ids = [cfg.text_config.bos_token_id, *words, cfg.text_config.sep_token_id]
+        elif self.family == "git":  # [CLS] prompt, as GIT was trained
+            ids = [tok.cls_token_id, *words]
+        elif self.family == "blip-2":  # query-token placeholders, then <bos> prompt
+            bos = cfg.text_config.bos_token_id
+            ids = [cfg.image_token_id] * cfg.num_query_tokens + [bos, *words]
+        else:
+            return None
+        return torch.tensor([ids], dtype=torch.long)
+
+    # -- the Captioner protocol ------------------------------------------------------------
+    def preprocess(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        """One RGB image -> this model's input tensors for it (batch dimension 1), picklable."""
+        if self._text is not None:
+            enc = self.processor(images=[image], text=[self._text], return_tensors="pt")
+            return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+        pv = self.image_processor(images=image, return_tensors="pt")["pixel_values"]  # (1, 3, H, W)
+        return {"pixel_values": pv}
+
+    @torch.inference_mode()
+    def caption(self, inputs: Sequence[dict[str, torch.Tensor]]) -> list[CaptionResult]:
+        if not inputs:
+            return []
+        results: list[CaptionResult | None] = [None] * len(inputs)
+        for idx in _groups(inputs):  # one group unless image-side shapes differ (dynamic VLMs)
+            for i, r in zip(idx, self._caption_batch([inputs[i] for i in idx]), strict=True):
+                results[i] = r
+        return [r for r in results if r is not None]
+
+    # -- internals -------------------------------------------------------------------------
+    def _caption_batch(self, inputs: list[dict[str, torch.Tensor]]) -> list[CaptionResult]:
+        batch = self._collate(inputs)
+        b = len(inputs)
+        if self._prompt_ids is not None:
+            ids = self._prompt_ids.expand(b, -1).clone()  # (1, L) -> (B, L); BLIP writes into it
+            batch["input_ids"], batch["attention_mask"] = ids, torch.ones_like(ids)
+        batch = {k: self._to_device(v) for k, v in batch.items()}
+        echo = batch.get("input_ids")
+        if self.family == "blip" and echo is not None:
+            echo = echo[:, :-1]  # what BLIP's text decoder actually starts from
+        out = self.model.generate(**batch, **self._generate_kwargs())
+        n = self.options.num_return_sequences
+        seqs = out.sequences  # (B*n, T)
+        if echo is not None and _echoes(seqs, echo, n):
+            seqs = seqs[:, echo.shape[1]:]  # decoder-only: drop the prompt it repeats
+        texts = [self._decode(row) for row in seqs.tolist()]
+        scores = self._scores(out, seqs, n)
+        return [CaptionResult(texts[i * n], tuple(texts[i * n:(i + 1) * n]),
+                              None if scores is None else scores[i * n])
+                for i in range(b)]
+
+    def _generate_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        kw: dict[str, Any] = {"do_sample": False, "num_beams": o.beam_size,
+                              "max_new_tokens": o.max_length,
+                              "num_return_sequences": o.num_return_sequences,
+                              "return_dict_in_generate": True, "output_scores": True}
+        if self.family != "blip":  # BLIP's generate sets its own pad id
+            kw["pad_token_id"] = self._pad
+        if o.min_new_tokens is not None:
+            kw["min_new_tokens"] = o.min_new_tokens
+        if o.beam_size > 1:  # stop once beam_size hypotheses have ended, as the native decoder
+            kw.update(length_penalty=o.length_penalty, early_stopping=True)
+        return kw
+
+    def _collate(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key in inputs[0]:
+            parts = [x[key] for x in inputs]
+            if key in _SEQUENCE_KEYS and parts[0].dim() == 2:
+                fill = self._pad if _SEQUENCE_KEYS[key] is None else _SEQUENCE_KEYS[key]
+                batch[key] = _left_pad(parts, fill)  # B x (1, L_i) -> (B, max L)
+            else:
+                batch[key] = torch.cat(parts)  # B x (1, ...) -> (B, ...)
+        return batch
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point():
+            t = t.to(self.dtype)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _decode(self, ids: list[int]) -> str:
+        for j, t in enumerate(ids):
+            if t in self._eos and j > 0:  # j > 0: VED/GPT-2 starts from its eos token
+                ids = ids[:j]
+                break
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def _scores(self, out: Any, seqs: torch.Tensor, n: int) -> list[float] | None:
+        """Beam: the length-normalised beam score; greedy: mean log-probability of the tokens."""
+        if getattr(out, "sequences_scores", None) is not None:
+            return out.sequences_scores.float().tolist()
+        if not out.scores:
+            return None
+        logp = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # (B*n, T_new, V)
+        new = out.sequences[:, -logp.shape[1]:]  # (B*n, T_new)
+        tok = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B*n, T_new)
+        ended = torch.zeros_like(new, dtype=torch.bool)
+        for e in self._eos:
+            ended |= new == e
+        # count tokens up to and including the first eos
+        keep = (ended.cumsum(1) - ended.long()) == 0  # (B*n, T_new)
+        return ((tok * keep).sum(1) / keep.sum(1).clamp(min=1)).tolist()
+
+
+def _left_pad(parts: list[torch.Tensor], fill: int) -> torch.Tensor:
+    width = max(p.shape[1] for p in parts)
+    out = torch.full((len(parts), width), fill, dtype=parts[0].dtype)
+    for i, p in enumerate(parts):
+        out[i, width - p.shape[1]:] = p[0]
+    return out
+
+
+def _echoes(seqs: torch.Tensor, prompt: torch.Tensor, n: int) -> bool:
+    """Whether generate returned the prompt in front of the new tokens (decoder-only models)."""
+    length = prompt.shape[1]
+    return seqs.shape[1] >= length and bool(
+        (seqs[:, :length] == prompt.repeat_interleave(n, dim=0)).all())
+
+
+def _groups(inputs: Sequence[dict[str, torch.Tensor]]) -> list[list[int]]:
+    """Indices of inputs whose non-sequence tensors have equal shapes (so they can be stacked)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(inputs):
+        key = tuple((k, tuple(v.shape[1:])) for k, v in sorted(x.items())
+                    if k not in _SEQUENCE_KEYS)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _version(resolved: ResolvedModel) -> str:
+    h = hashlib.sha256((resolved.path / "config.json").read_bytes())
+    for f in sorted(resolved.path.glob("*.safetensors")) + sorted(resolved.path.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return f"{resolved.model_type}-{h.hexdigest()[:12]}"
