@@ -26,8 +26,17 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	@rm -rf $(DEMO)
-	$(BIN)/imgindex sample-archive $(DEMO)/heldout --images 12 --seed 4242 --format folder
-	$(PY) -m pipelines.demo $(DEMO)/heldout
+	@echo "== 1/3 the default captioner on 200 held-out images of its generated world"
+	$(BIN)/imgindex sample-archive $(DEMO)/heldout --images 200 --seed 4242 --format folder
+	$(BIN)/imgindex caption $(DEMO)/heldout --out $(DEMO)/heldout-run
+	$(BIN)/imgindex evaluate $(DEMO)/heldout-run/captions --references $(DEMO)/heldout --show 8
+	@echo "== 2/3 caption and index a 2,000-image archive in 8 WebDataset shards"
+	$(BIN)/imgindex sample-archive $(DEMO)/archive --images 2000 --shards 8 --seed 2026 --format tar
+	$(BIN)/imgindex run $(DEMO)/archive --out $(DEMO)/run
+	@echo "== 3/3 search it by text"
+	$(BIN)/imgindex search $(DEMO)/run/index "a red circle left of a blue square" -k 5
+	$(BIN)/imgindex search $(DEMO)/run/index "two green triangles" -k 5
+	$(BIN)/imgindex search $(DEMO)/run/index "a small yellow star on a noisy background" -k 5
 
 # Reproduces the shipped default model (captioning/default_model) from fixed seeds.
 TRAIN_IMAGES ?= 24000

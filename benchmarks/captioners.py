@@ -1,4 +1,4 @@
-"""Images/s of our HFCaptioner against transformers' own pipeline, per family and batch size, on CPU.
+"""Images/s of our HFCaptioner against transformers' own pipeline, per family and batch, on CPU.
 
 Each family is a base-size architecture with random weights (built offline by
 tests/captioning/hf_tiny.py, cached under --workdir), so every caption is exactly --new-tokens

@@ -49,7 +49,8 @@ class CaptionerOptions:
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             raise ValueError(f"--device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"--dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+            raise ValueError("--dtype must be auto, float32, float16 or bfloat16, "
+                             f"got {self.dtype!r}")
         if self.num_return_sequences < 1:
             raise ValueError("--num-return-sequences must be at least 1, "
                              f"got {self.num_return_sequences}")

@@ -408,7 +408,16 @@ def _read_parquet(f: Path) -> list[tuple[str, str]]:
     for i, (k, c) in enumerate(zip(keys, captions, strict=True)):
         if not isinstance(k, str) or not isinstance(c, str):
             raise ValueError(f"{f}: row {i} needs a string key and caption, got {k!r}, {c!r}")
-    return list(zip(keys, captions, strict=True))
+    # A caption run over a folder keys images by relative path with extension ("sub/a.jpg");
+    # sidecar references are keyed by stem ("sub/a").
+    return [(_strip_image_extension(k), c) for k, c in zip(keys, captions, strict=True)]
+
+
+def _strip_image_extension(key: str) -> str:
+    from captioning.shards import IMAGE_EXTENSIONS
+
+    p = PurePosixPath(key)
+    return str(p.with_suffix("")) if p.suffix.lower() in IMAGE_EXTENSIONS else key
 
 
 # --------------------------------------------------------------------------- helpers

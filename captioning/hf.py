@@ -1,4 +1,4 @@
-"""Hugging Face image-to-text models as a Captioner: RGB images -> CaptionResults, a batch at a time.
+"""Hugging Face image-to-text models as a Captioner: RGB images -> CaptionResults, batch by batch.
 
 Families (detected from config.json by captioning.hf_resolve): BLIP, GIT, VisionEncoderDecoder,
 BLIP-2, Florence-2 and generic image-text-to-text VLMs (an instruction prompt through the chat
@@ -58,7 +58,7 @@ def _model_class(resolved: ResolvedModel):
 
 
 def load_model(resolved: ResolvedModel, options: CaptionerOptions) -> Any:
-    """from_pretrained with safetensors (pickle only when allowed), the dtype, and SDPA when offered."""
+    """from_pretrained: safetensors (pickle only when allowed), the dtype, SDPA when offered."""
     from safetensors import SafetensorError
 
     cls = _model_class(resolved)
@@ -88,8 +88,9 @@ def load_processor(resolved: ResolvedModel, options: CaptionerOptions) -> tuple[
     trust = options.trust_remote_code
     try:
         if resolved.family == "vision-encoder-decoder":  # no processor class: the two parts
-            return (None, AutoImageProcessor.from_pretrained(resolved.path, trust_remote_code=trust),
-                    AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust))
+            improc = AutoImageProcessor.from_pretrained(resolved.path, trust_remote_code=trust)
+            return None, improc, AutoTokenizer.from_pretrained(resolved.path,
+                                                               trust_remote_code=trust)
         processor = AutoProcessor.from_pretrained(resolved.path, trust_remote_code=trust)
     except (OSError, ValueError, KeyError, TypeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -106,14 +107,16 @@ def load_processor(resolved: ResolvedModel, options: CaptionerOptions) -> tuple[
 class HFCaptioner:
     """A transformers image-to-text model behind the Captioner protocol."""
 
-    def __init__(self, name_or_path: str, options: CaptionerOptions = CaptionerOptions()):
+    def __init__(self, name_or_path: str, options: CaptionerOptions | None = None):
+        options = CaptionerOptions() if options is None else options
         self.options = options
         self.resolved = resolve(name_or_path, trust_remote_code=options.trust_remote_code,
                                 allow_pickle=options.allow_pickle)
         self.family = self.resolved.family
         self.device = options.resolved_device()
         self.dtype = options.resolved_dtype()
-        self.processor, self.image_processor, self.tokenizer = load_processor(self.resolved, options)
+        self.processor, self.image_processor, self.tokenizer = load_processor(self.resolved,
+                                                                              options)
         self.model = load_model(self.resolved, options)
         self.name = f"hf:{name_or_path}"
         self.version = _version(self.resolved)
@@ -141,7 +144,7 @@ class HFCaptioner:
         return None  # BLIP, GIT, BLIP-2 caption unconditionally; VED takes no prompt
 
     def _processor_text(self) -> str:
-        """The full text a per-image processor call gets: the chat template applied when there is one."""
+        """The text each per-image processor call gets: through the chat template if any."""
         prompt = self.prompt or ""
         if self.family == "image-text-to-text" and getattr(self.processor, "chat_template", None):
             messages = [{"role": "user", "content": [{"type": "image"},
@@ -234,7 +237,8 @@ class HFCaptioner:
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if t.is_floating_point():
             t = t.to(self.dtype)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and t.device.type == "cpu":
+            # pinned host memory lets the copy run asynchronously with the host's next work
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 

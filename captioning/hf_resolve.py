@@ -1,4 +1,4 @@
-"""`hf:NAME_OR_PATH` -> a verified local model directory and its family, or a one-line ModelLoadError.
+"""`hf:NAME_OR_PATH` -> a checked local model directory and its family, or a ModelLoadError.
 
 NAME_OR_PATH is a local directory, an fsspec URL of a model directory (copied once into
 $IMGINDEX_CACHE/models/<hash of the URL>, default ~/.cache/imgindex), or a Hugging Face Hub id.
@@ -67,7 +67,8 @@ def resolve(spec: str, *, trust_remote_code: bool = False,
     `trust_remote_code`, pickle-only weights without `allow_pickle`, or a corrupt weights file.
     """
     if not spec:
-        raise ModelLoadError("hf: needs a model: hf:NAME_OR_PATH (a directory, fsspec URL or hub id)")
+        raise ModelLoadError("hf: needs a model: hf:NAME_OR_PATH (a directory, fsspec URL or "
+                             "hub id)")
     path = local_dir(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     config = read_config(path)
     model_type = str(config.get("model_type", ""))
@@ -123,7 +124,11 @@ def local_dir(spec: str, *, trust_remote_code: bool, allow_pickle: bool) -> Path
 def hub_snapshot(repo_id: str, *, trust_remote_code: bool, allow_pickle: bool) -> Path:
     """A hub id from the local Hugging Face cache, or downloaded when the hub is reachable."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     unreachable = (f"{repo_id}: not a local directory, not found locally and the hub is "
                    "unreachable: pass a local directory")
@@ -195,9 +200,9 @@ def check_weights(path: Path, *, allow_pickle: bool) -> bool:
         return True
     if list(path.glob("pytorch_model*.bin")):
         if not allow_pickle:
-            raise ModelLoadError(f"{path} has only pickle weights (pytorch_model.bin), which can run "
-                                 "code when loaded: pass --allow-pickle if you trust the source, or "
-                                 "convert them to safetensors")
+            raise ModelLoadError(f"{path} has only pickle weights (pytorch_model.bin), which "
+                                 "can run code when loaded: pass --allow-pickle if you trust the "
+                                 "source, or convert them to safetensors")
         return False
     raise ModelLoadError(f"{path} has no weights (model.safetensors or pytorch_model.bin)")
 
@@ -213,7 +218,8 @@ def check_safetensors(f: Path) -> None:
                 raise ModelLoadError(f"{bad}: header larger than the file; re-download the model")
             header = json.loads(fh.read(n))
     except (struct.error, UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelLoadError(f"{bad}: unreadable safetensors header; re-download the model") from None
+        raise ModelLoadError(f"{bad}: unreadable safetensors header; "
+                             "re-download the model") from None
     except OSError as e:
         raise ModelLoadError(f"{bad}: {e.strerror or e}") from None
     end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)

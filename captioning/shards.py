@@ -19,6 +19,8 @@ Keys (unique within one ``list_shards`` input):
 * parquet rows: the ``key`` column, else ``f"{file stem}-{row:09d}"``.
 * failures that belong to no known sample: ``<shard>`` (the whole file), ``<truncated>``,
   ``<corrupt@OFFSET>`` / ``<corrupt>`` (tar damage), ``<unreadable>`` (I/O error mid-stream).
+  ``<shard>``, ``<truncated>``, ``<corrupt>`` and ``<unreadable>`` have an empty member (their
+  message names the last member read), so no failure row shares its member with an image.
 """
 
 import json
@@ -640,7 +642,8 @@ def _abort(
         return
     if pending is not None:
         yield pending.entry(shard)
-    yield _failure(shard, placeholder, member, error, message)
+    # No member: `member` may be the image just yielded, and (source, member) names one image.
+    yield _failure(shard, placeholder, "", error, message)
 
 
 # --- parquet -----------------------------------------------------------------------------------

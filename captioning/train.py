@@ -142,10 +142,15 @@ def train(
     out_dir: str | Path,
     config: TrainConfig,
     resume: bool = False,
+    architecture: dict | None = None,
     on_step: ProgressFn | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> list[EpochReport]:
-    """Train and keep the best epoch (by validation CIDEr) as the model in out_dir."""
+    """Train and keep the best epoch (by validation CIDEr) as the model in out_dir.
+
+    `architecture` overrides ModelConfig fields (encoder_channels, hidden_dim, ...) of a new
+    model; a resumed run keeps the architecture it was started with.
+    """
     out = Path(out_dir)
     image_size = data.images.shape[-1]
     train_rows, val_rows = split(data, config.val_fraction)
@@ -158,7 +163,8 @@ def train(
         model, vocab = last.model, last.vocab
     else:
         vocab = Vocabulary.build(data.examples[i].caption for i in train_rows)
-        model = CaptionModel(ModelConfig(vocab_size=len(vocab), image_size=image_size))
+        model = CaptionModel(ModelConfig(vocab_size=len(vocab), image_size=image_size,
+                                         **(architecture or {})))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = {"epoch": 0, "best_cider": -1.0, "bad_epochs": 0, "history": []}
     if resume:

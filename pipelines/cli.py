@@ -32,6 +32,11 @@ def _fail(message: str) -> None:
     raise UsageError(message)
 
 
+def _error(message: str) -> None:
+    """One line on stderr, never wrapped or styled: scripts grep these."""
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", help="Model: a native model DIR, native:DIR, or hf:NAME_OR_PATH. "
@@ -143,7 +148,7 @@ def describe(
     captioner = load_captioner(model, CaptionerOptions(device=device, beam_size=beam_size))
     good, bad = _read_images(images)
     for p, reason in bad:
-        err.print(f"error: {p}: {reason}", markup=False, highlight=False)
+        _error(f"{p}: {reason}")
     for start in range(0, len(good), batch_size):
         chunk = good[start : start + batch_size]
         results = captioner.caption([captioner.preprocess(img) for _, img in chunk])
@@ -184,12 +189,21 @@ def evaluate(
     predictions: Annotated[str, typer.Argument(help="JSON Lines (describe --json) or Parquet.")],
     references: Annotated[str, typer.Option("--references", help="JSON file or sidecar folder.")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    show: Annotated[int, typer.Option("--show", help="Print N captions beside a reference.")] = 0,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (pycocoevalcap) and attribute accuracy."""
     from captioning.evaluate import evaluate_captions, load_predictions, load_references
 
     preds = load_predictions(predictions)
     refs, truths = load_references(references)
+    if show > 0:
+        examples = Table(title="model caption vs. reference")
+        examples.add_column("key")
+        examples.add_column("model")
+        examples.add_column("reference")
+        for key in sorted(preds)[:show]:
+            examples.add_row(key, preds[key], (refs.get(key) or ["(none)"])[0])
+        out.print(examples)
     report = evaluate_captions(preds, refs, truths)
     for note in report.notes:
         err.print(f"note: {note}")
@@ -367,11 +381,11 @@ def main() -> None:
     from captioning.shards import InputError
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        code = app(standalone_mode=False)
     except (UsageError, InputError, CheckpointError, FileExistsError, FileNotFoundError,
             ValueError) as e:
-        # soft_wrap: one line whatever the width; Rich folds at 80 columns when not a terminal.
-        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        _error(" ".join(str(e).split()))
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -385,6 +399,7 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

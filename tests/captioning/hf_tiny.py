@@ -1,4 +1,4 @@
-"""Family name -> a randomly initialised Hugging Face captioning model saved to a directory, offline.
+"""Family name -> a randomly initialised Hugging Face captioning model in a directory, offline.
 
 Tokenizers are built from a vocabulary written here (a WordPiece vocab for BERT-style decoders, a
 byte-level BPE for GPT-2-style ones), so nothing is downloaded. `size="tiny"` gives 2-layer models
@@ -84,8 +84,12 @@ def _vision(size: str, image: int, patch: int) -> dict:
 
 
 def build_blip(out_dir: Path, size: str = "tiny") -> Path:
-    from transformers import (BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
+    from transformers import (
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     if size == "tiny":
         tok = _bert_tokenizer(None, {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4,
@@ -125,8 +129,13 @@ def build_git(out_dir: Path, size: str = "tiny") -> Path:
 
 
 def build_vision_encoder_decoder(out_dir: Path, size: str = "tiny") -> Path:
-    from transformers import (GPT2Config, ViTConfig, ViTImageProcessor, VisionEncoderDecoderConfig,
-                              VisionEncoderDecoderModel)
+    from transformers import (
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
 
     tok = _bpe_tokenizer(None if size == "tiny" else 50257)
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -147,8 +156,12 @@ def build_vision_encoder_decoder(out_dir: Path, size: str = "tiny") -> Path:
 
 
 def build_blip_2(out_dir: Path, size: str = "tiny") -> Path:
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                              BlipImageProcessor)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+    )
 
     tok = _bpe_tokenizer(None if size == "tiny" else 50265, extra=("<image>", "<pad>"))
     tok.pad_token = "<pad>"
@@ -186,8 +199,12 @@ CHAT_TEMPLATE = (
 
 def build_image_text_to_text(out_dir: Path, size: str = "tiny") -> Path:
     """A LLaVA-architecture VLM: CLIP vision tower + Llama decoder, chat template with <image>."""
-    from transformers import (CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration,
-                              LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tok = _bpe_tokenizer(None if size == "tiny" else 49152, extra=("<image>", "<pad>"))
     tok.pad_token = "<pad>"
@@ -234,8 +251,9 @@ def build(family: str, out_dir: Path, size: str = "tiny") -> Path:
 def write_remote_code_config(out_dir: Path) -> Path:
     """A Florence-2-style directory whose config.json needs remote code (has `auto_map`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model_type": "florence2", "architectures": ["Florence2ForConditionalGeneration"],
-              "auto_map": {"AutoConfig": "configuration_florence2.Florence2Config",
-                           "AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration"}}
+    auto_map = {"AutoConfig": "configuration_florence2.Florence2Config",
+                "AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration"}
+    config = {"model_type": "florence2", "auto_map": auto_map,
+              "architectures": ["Florence2ForConditionalGeneration"]}
     (out_dir / "config.json").write_text(json.dumps(config))
     return out_dir

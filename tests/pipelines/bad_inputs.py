@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from captioning.shards import SHARD_KEY
-
+from captioning.shards import SHARD_KEY, TRUNCATED_KEY
 from tests.captioning.test_decode import encode, noisy, png_declaring
 
 NON_ASCII_NAME = "photo of a café in Zürich 東京.png"
 DAMAGED_TAR = "damaged-header.tar"
 TRUNCATED_TAR = "truncated.tar"
+CUT_TAR = "cut-between-members.tar"
 CORRUPT_PARQUET = "corrupt.parquet"
 NO_IMAGE_COLUMN_PARQUET = "no-image-column.parquet"
 
@@ -84,6 +84,14 @@ EXPECTED: tuple[Expected, ...] = (
     Expected("truncated tar, second sample", TRUNCATED_TAR, "000000001.jpg", "000000001",
              **_captioned((8, 8), "JPEG")),
     Expected("truncated tar, image cut short", TRUNCATED_TAR, "000000002.jpg", "000000002",
+             **_failed("read", "truncated_tar")),
+    # Images only, cut inside the third header: the second image is whole, so it is captioned,
+    # and the cut itself is one row that must not claim any image's member.
+    Expected("tar cut between members, first image", CUT_TAR, "000000000.jpg", "000000000",
+             **_captioned((8, 8), "JPEG")),
+    Expected("tar cut between members, last whole image", CUT_TAR, "000000001.jpg", "000000001",
+             **_captioned((8, 8), "JPEG")),
+    Expected("tar cut between members, the cut", CUT_TAR, "", TRUNCATED_KEY,
              **_failed("read", "truncated_tar")),
     Expected("corrupt Parquet file", CORRUPT_PARQUET, "", SHARD_KEY,
              **_failed("read", "corrupt_parquet")),
@@ -164,6 +172,13 @@ def _truncated_tar() -> tuple[bytes, dict[str, bytes]]:
     return raw[: data + 10], dict(members)  # cut inside the third sample's image
 
 
+def _cut_tar() -> tuple[bytes, dict[str, bytes]]:
+    members = [(name, data) for name, data in _tar_samples(100) if name.endswith(".jpg")]
+    raw = _tar(members)
+    header, _ = _offsets(raw)["000000002.jpg"]
+    return raw[: header + 100], dict(members)  # cut inside the third image's header
+
+
 def _corrupt_parquet() -> bytes:
     """A real Parquet file whose footer metadata is overwritten; both PAR1 magics are kept."""
     table = pa.table({"key": ["a", "b"], "jpg": [encode(noisy((4, 4)), "PNG")] * 2})
@@ -196,7 +211,7 @@ def write_bad_inputs(root: Path) -> dict[tuple[str, str], bytes]:
         (root / name).write_bytes(data)
         stored[name, name] = data
     for name, (raw, members) in ((DAMAGED_TAR, _damaged_tar()),
-                                 (TRUNCATED_TAR, _truncated_tar())):
+                                 (TRUNCATED_TAR, _truncated_tar()), (CUT_TAR, _cut_tar())):
         (root / name).write_bytes(raw)
         stored.update({(name, m): data for m, data in members.items() if m.endswith(".jpg")})
     (root / CORRUPT_PARQUET).write_bytes(_corrupt_parquet())

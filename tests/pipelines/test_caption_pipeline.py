@@ -247,8 +247,8 @@ def test_rerun_refuses_a_non_empty_out_unless_overwrite(tiny_caption_model: Path
         run_caption(config, BEAM_ARGS)
     proc = cli_caption(archive, out, tiny_caption_model, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.splitlines() == [
-        f"error: {out} is not empty: pass --overwrite to replace its captions, or pick another --out"]
+    assert proc.stderr.splitlines() == [f"error: {out} is not empty: pass --overwrite to replace "
+                                        "its captions, or pick another --out"]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
     # A part left by an older run with other shard counts must go too, not add its rows.

@@ -1,0 +1,217 @@
+"""hf:NAME_OR_PATH: tiny random models of each family, saved offline, loaded by the real code."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from captioning.backends import CaptionerOptions, load_captioner
+from captioning.hf import HFCaptioner, ModelLoadError
+from tests.captioning.hf_tiny import FAMILIES, build, write_remote_code_config
+
+GREEDY = CaptionerOptions(device="cpu", beam_size=1, max_length=8, min_new_tokens=3)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to open a socket fails the test instead of reaching a network."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("hf-models")
+    return {f: build(f, root / f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(8):  # different sizes, brightness and structure, so captions can differ
+        h, w = 30 + 7 * i, 60 - 4 * i
+        base = rng.random((h, w, 3)) * (40 + 25 * i)
+        base[: h // 2, :, i % 3] = 255 * (i % 2)
+        out.append(Image.fromarray(base.clip(0, 255).astype(np.uint8)))
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_of_eight_matches_one_at_a_time(models, images, family):
+    cap = load_captioner("hf:" + str(models[family]), GREEDY)
+    assert isinstance(cap, HFCaptioner) and cap.family == family
+    inputs = [cap.preprocess(im) for im in images]
+    pickle.dumps(inputs[0])  # crosses process boundaries in the Beam pipeline
+    alone = [cap.caption([x])[0] for x in inputs]
+    together = cap.caption(inputs)
+    assert [r.caption for r in together] == [r.caption for r in alone]
+    for r in together:
+        assert r.caption and r.candidates == (r.caption,)
+        assert r.score is not None and r.score < 0
+    assert np.allclose([r.score for r in together], [r.score for r in alone], atol=1e-4)
+    assert cap.caption([]) == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_three_return_sequences_best_first(models, images, family):
+    opts = CaptionerOptions(device="cpu", beam_size=3, num_return_sequences=3, max_length=6,
+                            min_new_tokens=2)
+    cap = load_captioner("hf:" + str(models[family]), opts)
+    results = cap.caption([cap.preprocess(im) for im in images[:3]])
+    assert len(results) == 3
+    for r in results:
+        assert len(r.candidates) == 3 and r.caption == r.candidates[0]
+        assert isinstance(r.score, float)
+
+
+@pytest.mark.parametrize("family", ["git", "image-text-to-text", "blip"])
+def test_prompt_tokens_are_stripped(models, images, family):
+    opts = CaptionerOptions(device="cpu", beam_size=1, max_length=4, min_new_tokens=4,
+                            prompt="a picture of two")
+    cap = load_captioner("hf:" + str(models[family]), opts)
+    (r,) = cap.caption([cap.preprocess(images[0])])
+    assert not r.caption.startswith(("a picture of two", "user", "[CLS]", "[DEC]"))
+    new = cap.tokenizer(r.caption, add_special_tokens=False).input_ids
+    assert len(new) <= 4 * 2  # the four new tokens (decoding may split a byte-level one)
+
+
+def test_vlm_uses_its_chat_template_and_default_instruction(models):
+    cap = load_captioner("hf:" + str(models["image-text-to-text"]), GREEDY)
+    assert cap.prompt == "Describe this image in one sentence."
+    assert cap._text == "user:<image> Describe this image in one sentence.\nassistant:"
+
+
+def test_bfloat16(models, images):
+    cap = load_captioner("hf:" + str(models["blip"]),
+                         CaptionerOptions(device="cpu", dtype="bfloat16", beam_size=1,
+                                          max_length=4))
+    assert next(cap.model.parameters()).dtype == torch.bfloat16
+    assert len(cap.caption([cap.preprocess(im) for im in images[:2]])) == 2
+
+
+def test_fsspec_url_is_copied_once_and_verified(models, images, tmp_path, monkeypatch):
+    import fsspec
+
+    monkeypatch.setenv("IMGINDEX_CACHE", str(tmp_path / "cache"))
+    fs = fsspec.filesystem("memory")
+    for f in models["blip"].iterdir():
+        fs.pipe(f"/models/blip/{f.name}", f.read_bytes())
+    try:
+        a = load_captioner("hf:memory://models/blip", GREEDY)
+        copied = a.resolved.path
+        assert copied.is_relative_to(tmp_path / "cache" / "models")
+        stamp = (copied / "model.safetensors").stat().st_mtime_ns
+        b = load_captioner("hf:memory://models/blip", GREEDY)
+        assert b.resolved.path == copied
+        assert (copied / "model.safetensors").stat().st_mtime_ns == stamp  # not copied again
+        (copied / "tokenizer.json").write_text("{}")  # a damaged copy is replaced
+        c = load_captioner("hf:memory://models/blip", GREEDY)
+        x = [c.preprocess(im) for im in images[:2]]
+        assert [r.caption for r in c.caption(x)] == [r.caption for r in a.caption(x)]
+    finally:
+        fs.rm("/models/blip", recursive=True)
+
+
+def test_pickle_weights_need_allow_pickle(models, images, tmp_path):
+    d = tmp_path / "pickled"
+    shutil.copytree(models["blip"], d)
+    cap = load_captioner("hf:" + str(models["blip"]), GREEDY)
+    torch.save(cap.model.state_dict(), d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="--allow-pickle"):
+        load_captioner("hf:" + str(d), GREEDY)
+    opts = CaptionerOptions(device="cpu", beam_size=1, max_length=8, min_new_tokens=3,
+                            allow_pickle=True)
+    pickled = load_captioner("hf:" + str(d), opts)
+    x = [cap.preprocess(im) for im in images[:3]]
+    assert [r.caption for r in pickled.caption(x)] == [r.caption for r in cap.caption(x)]
+
+
+def _one_line_error(spec: str, options: CaptionerOptions = GREEDY) -> str:
+    with pytest.raises(ModelLoadError) as e:
+        load_captioner(spec, options)
+    assert isinstance(e.value, ValueError)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_model_directory(tmp_path):
+    assert "no model directory" in _one_line_error(f"hf:{tmp_path}/nothing-here")
+    assert "not a transformers model directory" in _one_line_error(f"hf:{tmp_path}")
+
+
+def test_hub_id_offline_says_pass_a_local_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    message = _one_line_error("hf:imgindex-tests/no-such-model")
+    assert "not found locally and the hub is unreachable: pass a local directory" in message
+
+
+def test_unsupported_family_lists_the_supported_ones(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    BertForSequenceClassification(BertConfig(
+        vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8)).save_pretrained(tmp_path / "bert")
+    message = _one_line_error(f"hf:{tmp_path / 'bert'}")
+    assert "unsupported model family bert (BertForSequenceClassification)" in message
+    assert "blip" in message and "image-text-to-text" in message
+
+
+def test_remote_code_needs_the_flag(tmp_path):
+    d = write_remote_code_config(tmp_path / "florence")
+    assert "--trust-remote-code" in _one_line_error(f"hf:{d}")
+
+
+def test_corrupt_weights(models, tmp_path):
+    d = tmp_path / "corrupt"
+    shutil.copytree(models["git"], d)
+    weights = d / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated download
+    assert "corrupt or truncated" in _one_line_error(f"hf:{d}")
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!" + data[100:])
+    assert "corrupt or truncated" in _one_line_error(f"hf:{d}")
+
+
+def test_options_say_which_flag_to_change(models):
+    with pytest.raises(ValueError, match="--beam-size of at least 3"):
+        CaptionerOptions(beam_size=2, num_return_sequences=3)
+    with pytest.raises(ValueError, match="--dtype"):
+        CaptionerOptions(dtype="float8")
+    with pytest.raises(ValueError, match="--prompt"):
+        load_captioner("hf:" + str(models["vision-encoder-decoder"]),
+                       CaptionerOptions(device="cpu", prompt="a photo of"))
+
+
+def test_runs_under_beam_run_inference(models, images):
+    beam = pytest.importorskip("apache_beam")
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.handlers import CaptionModelHandler
+    from pipelines.records import ImageInput
+
+    spec = "hf:" + str(models["blip"])
+    cap = load_captioner(spec, GREEDY)
+    expected = [(f"k{i}", r.caption) for i, r in
+                enumerate(cap.caption([cap.preprocess(im) for im in images[:5]]))]
+    records = [ImageInput(f"k{i}", "mem", f"{i}.png", "", im.width, im.height, "png", im)
+               for i, im in enumerate(images[:5])]
+    with TestPipeline() as p:
+        out = (p | beam.Create(records)
+                 | RunInference(CaptionModelHandler(spec, GREEDY, batch_size=2))
+                 | beam.Map(lambda r: (r.example.key, r.inference.caption)))
+        assert_that(out, equal_to(expected))
