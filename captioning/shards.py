@@ -23,110 +23,62 @@ Keys (unique within one ``list_shards`` input):
   message names the last member read), so no failure row shares its member with an image.
 """
 
-import json
 import logging
-import lzma
 import posixpath
 import re
-import tarfile
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Self
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from captioning.parquet_shards import iter_parquet
+from captioning.shard_records import (
+    CORRUPT_KEY,
+    DEFAULT_READ_CONFIG,
+    IMAGE_EXTENSIONS,
+    PARQUET_EXTENSIONS,
+    SHARD_KEY,
+    SHARD_KINDS,
+    TAR_EXTENSIONS,
+    TRUNCATED_KEY,
+    UNREADABLE_KEY,
+    ReadConfig,
+    Shard,
+    ShardEntry,
+    _caption,
+    _failure,
+    _metadata,
+)
+from captioning.tar_shards import iter_tar
+
+__all__ = [
+    "CORRUPT_KEY",
+    "DEFAULT_READ_CONFIG",
+    "IMAGE_EXTENSIONS",
+    "PARQUET_EXTENSIONS",
+    "SHARD_KEY",
+    "SHARD_KINDS",
+    "TAR_EXTENSIONS",
+    "TRUNCATED_KEY",
+    "UNREADABLE_KEY",
+    "InputError",
+    "ReadConfig",
+    "Shard",
+    "ShardEntry",
+    "expand_braces",
+    "iter_shard",
+    "list_shards",
+    "shard_kind",
+]
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tiff", ".tif")
-TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")  # "r|*" streams the compressed ones just as well
-PARQUET_EXTENSIONS = (".parquet",)
-SHARD_KINDS = ("tar", "parquet", "file")
-
-# Keys of failures that belong to no sample are in angle brackets.
-SHARD_KEY = "<shard>"  # the whole file: cannot open, not a tar/parquet, no image column
-TRUNCATED_KEY = "<truncated>"  # reading stopped at a cut-off tar
-CORRUPT_KEY = "<corrupt>"  # reading stopped at damage it cannot skip (pax header, bad gzip)
-UNREADABLE_KEY = "<unreadable>"  # reading stopped on an I/O error
 
 _PROTOCOL_EXTRAS = {"gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}
 _MAX_BRACE_EXPANSION = 1_000_000
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
-_IMAGE_SUFFIXES = frozenset(ext[1:] for ext in IMAGE_EXTENSIONS)
-# tarfile's header errors are undocumented (absent from typeshed) but unchanged since Python 3.2.
-_InvalidHeader: type[tarfile.HeaderError] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
-_EmptyHeader: type[tarfile.HeaderError] = tarfile.EmptyHeaderError  # type: ignore[attr-defined]
-_EOFHeader: type[tarfile.HeaderError] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
 
 
 class InputError(ValueError):
     """Input that cannot be used at all (no such path, nothing matched, missing fsspec extra)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    """One unit of parallel reading.
-
-    Attributes:
-        uri: full URL with protocol, e.g. ``"file:///data/shard-00000.tar"``.
-        kind: ``"tar"``, ``"parquet"`` or ``"file"`` (a single image from a folder input).
-        key: for ``kind="file"``, the sample key ``list_shards`` derived from the input root;
-            ``None`` for tar/parquet (and for a hand-built file shard: the basename is used).
-    """
-
-    uri: str
-    kind: str
-    key: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in SHARD_KINDS:
-            raise ValueError(f"Shard.kind must be one of {SHARD_KINDS}, got {self.kind!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class ShardEntry:
-    """One image's bytes plus its sidecars, or a read failure (``data is None``, ``error`` set).
-
-    ``message`` is a one-line human message: the failure reason, or on a successful entry a
-    non-fatal note (an unparseable JSON sidecar, extra image members that were ignored).
-    """
-
-    key: str
-    source: str
-    member: str
-    data: bytes | None
-    caption: str | None
-    metadata: dict[str, Any] | None
-    error: str | None = None
-    message: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.data is None
-
-
-@dataclass(frozen=True, slots=True)
-class ReadConfig:
-    """How to read Parquet shards (tar and folder layouts are fixed by convention)."""
-
-    image_column: str = "jpg"
-    caption_column: str = "caption"
-    key_column: str = "key"
-    parquet_batch_rows: int = 64
-
-    def __post_init__(self) -> None:
-        for name in ("image_column", "caption_column", "key_column"):
-            if not getattr(self, name):
-                raise ValueError(f"ReadConfig.{name} must be a non-empty column name")
-        if self.parquet_batch_rows < 1:
-            raise ValueError(
-                f"ReadConfig.parquet_batch_rows must be >= 1, got {self.parquet_batch_rows}"
-            )
-
-
-DEFAULT_READ_CONFIG = ReadConfig()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,43 +302,9 @@ def iter_shard(shard: Shard, config: ReadConfig = DEFAULT_READ_CONFIG) -> Iterat
     if shard.kind == "file":
         yield _read_file(shard)
     elif shard.kind == "tar":
-        yield from _iter_tar(shard)
+        yield from iter_tar(shard)
     else:
-        yield from _iter_parquet(shard, config)
-
-
-def _failure(
-    shard: Shard, key: str, member: str, error: str, message: str, level: int = logging.WARNING
-) -> ShardEntry:
-    """A failure entry; per-sample reasons that can be frequent log at DEBUG (counters count)."""
-    message = _one_line(message)
-    logger.log(level, "%s [%s] %s: %s", shard.uri, key, error, message)
-    return ShardEntry(key, shard.uri, member, None, None, None, error=error, message=message)
-
-
-def _one_line(text: str) -> str:
-    """Library errors (pyarrow's thrift ones) carry newlines and raw control bytes: one line."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
-
-
-def _caption(raw: bytes | str | None) -> str | None:
-    if raw is None:
-        return None
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-    return text.strip() or None
-
-
-def _metadata(raw: bytes | str | None, what: str) -> tuple[dict[str, Any] | None, str | None]:
-    """Parse a JSON object; an unparseable one is a note, not a failure of the image."""
-    if raw is None:
-        return None, None
-    try:
-        parsed = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, f"unparseable {what}: {exc}"
-    if not isinstance(parsed, dict):
-        return None, f"{what} is a JSON {type(parsed).__name__}, not an object"
-    return parsed, None
+        yield from iter_parquet(shard, config)
 
 
 def _read_file(shard: Shard) -> ShardEntry:
@@ -419,322 +337,3 @@ def _read_file(shard: Shard) -> ShardEntry:
         metadata,
         message="; ".join(notes) or None,
     )
-
-
-# --- tar ---------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Sample:
-    """Members of one tar sample seen so far (mutable accumulator)."""
-
-    key: str
-    member: str = ""
-    data: bytes | None = None
-    caption: str | None = None
-    metadata: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
-    damaged: list[str] = field(default_factory=list)
-
-    def entry(self, shard: Shard) -> ShardEntry:
-        if self.data is None:
-            if self.damaged:
-                reason = f"damaged tar header for {', '.join(self.damaged)}; no image member read"
-                return _failure(shard, self.key, self.damaged[0], "corrupt_tar_header", reason)
-            reason = "sample has no image member"
-            return _failure(shard, self.key, self.member, "no_image", reason, logging.DEBUG)
-        message = "; ".join(self.notes) or None
-        return ShardEntry(
-            self.key,
-            shard.uri,
-            self.member,
-            self.data,
-            self.caption,
-            self.metadata,
-            message=message,
-        )
-
-
-def _split_member(name: str) -> tuple[str, str] | None:
-    """WebDataset split: ``"dir/000.seg.png"`` -> (``"dir/000"``, ``"seg.png"``)."""
-    name = name.removeprefix("./")
-    directory, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    if not stem or not dot:  # hidden files ("._x.jpg" from macOS) and names without extension
-        return None
-    return (f"{directory}/{stem}" if directory else stem), ext.lower()
-
-
-def _role(ext: str) -> str | None:
-    if ext.rsplit(".", 1)[-1] in _IMAGE_SUFFIXES:
-        return "image"
-    return {"txt": "caption", "json": "metadata"}.get(ext)
-
-
-def _header_name(buf: bytes) -> str | None:
-    try:
-        name = buf[:100].split(b"\0", 1)[0].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return name if name and name.isprintable() else None
-
-
-@dataclass(frozen=True, slots=True)
-class _HeaderProblem:
-    offset: int
-    error: tarfile.HeaderError
-    name: str | None
-
-
-def _recording_tarinfo(problems: list[_HeaderProblem]) -> type[tarfile.TarInfo]:
-    """A TarInfo class that records every header ``TarFile.next`` rejects.
-
-    ``TarFile.next`` swallows header errors: without ``ignore_zeros`` a damaged header mid-archive
-    ends iteration silently; with it (our choice, so reading resumes at the next valid header) the
-    damage is skipped silently. Recording them is how damage and truncation become failure entries.
-    """
-
-    class RecordingTarInfo(tarfile.TarInfo):
-        @classmethod
-        def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
-            try:
-                return super().frombuf(buf, encoding, errors)
-            except _InvalidHeader as exc:
-                exc.add_note(_header_name(bytes(buf)) or "")
-                raise
-
-        @classmethod
-        def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
-            offset = tarfile_.offset
-            try:
-                return super().fromtarfile(tarfile_)
-            except tarfile.HeaderError as exc:
-                if offset == 0 and isinstance(exc, _InvalidHeader):
-                    # ignore_zeros would scan a non-tar file to its end; fail fast instead.
-                    raise tarfile.ReadError(f"not a tar archive ({exc})") from exc
-                name = (getattr(exc, "__notes__", None) or [""])[0] or None
-                problems.append(_HeaderProblem(offset, exc, name))
-                raise
-
-    return RecordingTarInfo
-
-
-def _iter_tar(shard: Shard) -> Iterator[ShardEntry]:
-    try:
-        f = fsspec.open(shard.uri, "rb").open()
-    except OSError as exc:
-        yield _failure(shard, SHARD_KEY, "", "read_error", f"cannot open {shard.uri}: {exc}")
-        return
-    problems: list[_HeaderProblem] = []
-    with f:
-        try:
-            tar = tarfile.open(
-                fileobj=f, mode="r|*", tarinfo=_recording_tarinfo(problems), ignore_zeros=True
-            )
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
-            yield _failure(shard, SHARD_KEY, "", "corrupt_tar", f"not a readable tar: {exc}")
-            return
-        with tar:
-            yield from _tar_samples(shard, tar, problems)
-
-
-def _tar_samples(
-    shard: Shard, tar: tarfile.TarFile, problems: list[_HeaderProblem]
-) -> Iterator[ShardEntry]:
-    pending: _Sample | None = None
-    last_member = ""
-    while True:
-        try:
-            info = tar.next()
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
-            yield from _abort(shard, pending, last_member, exc)
-            return
-        for problem in _first_damage(problems, at_end=info is None):
-            split = _split_member(problem.name) if problem.name else None
-            where = f"damaged tar header at byte {problem.offset} ({problem.error})"
-            if split is None:
-                member = problem.name or f"header at byte {problem.offset}"
-                yield _failure(
-                    shard,
-                    f"<corrupt@{problem.offset}>",
-                    member,
-                    "corrupt_tar_header",
-                    f"{where}; skipped to the next valid header",
-                )
-                continue
-            if pending is not None and pending.key != split[0]:
-                yield pending.entry(shard)
-                pending = None
-            pending = pending or _Sample(split[0])
-            pending.damaged.append(problem.name or "")
-            pending.notes.append(f"{where}; member {problem.name} skipped")
-        if info is None:
-            break
-        problems.clear()  # what is left now is only the end of the archive
-        # Stream mode still keeps every TarInfo it has read; drop them so memory stays flat.
-        tar.members = []  # type: ignore[attr-defined]
-        last_member = info.name
-        split = _split_member(info.name) if info.isfile() else None
-        if split is None:
-            logger.debug("%s: skipping tar member %s", shard.uri, info.name)
-            continue
-        key, ext = split
-        if pending is not None and pending.key != key:
-            yield pending.entry(shard)
-            pending = None
-        pending = pending or _Sample(key)
-        role = _role(ext)
-        if role is None or (role == "image" and pending.data is not None):
-            if role == "image":
-                pending.notes.append(f"ignored extra image member {info.name}")
-            continue  # not read: tarfile skips its bytes in the stream
-        try:
-            payload = tar.extractfile(info).read()  # type: ignore[union-attr]  # isfile() checked
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
-            yield from _abort(shard, pending, last_member, exc)
-            return
-        if role == "image":
-            pending.data, pending.member = payload, info.name
-        elif role == "caption":
-            pending.caption = _caption(payload)
-        else:
-            pending.metadata, note = _metadata(payload, f"{info.name} sidecar")
-            pending.notes.extend([note] if note else [])
-        pending.member = pending.member or info.name
-    if _ended_cleanly(problems):
-        if pending is not None:
-            yield pending.entry(shard)
-    else:
-        error = EOFError("archive ends without its end-of-archive marker")
-        yield from _abort(shard, pending, last_member, error)
-
-
-def _first_damage(problems: list[_HeaderProblem], at_end: bool) -> list[_HeaderProblem]:
-    """The first damaged header since the last good member (the rest are its data blocks)."""
-    for problem in problems:
-        if at_end and isinstance(problem.error, _EOFHeader):
-            break  # bytes after the end-of-archive marker belong to no member
-        if isinstance(problem.error, _InvalidHeader):
-            return [problem]
-    return []
-
-
-def _ended_cleanly(problems: list[_HeaderProblem]) -> bool:
-    """A tar ends with zero blocks; a last member followed by anything else was cut short."""
-    return not problems or any(isinstance(p.error, _EOFHeader) for p in problems)
-
-
-def _abort(
-    shard: Shard, pending: _Sample | None, member: str, exc: BaseException
-) -> Iterator[ShardEntry]:
-    """End a tar that cannot be read further: the sample in progress, then one failure entry."""
-    if isinstance(exc, EOFError) or "unexpected end of data" in str(exc):
-        error, placeholder = "truncated_tar", TRUNCATED_KEY
-        message = f"tar is truncated after member {member or '(none)'}: {exc}"
-    elif isinstance(exc, tarfile.TarError | zlib.error | lzma.LZMAError):
-        error, placeholder = "corrupt_tar", CORRUPT_KEY
-        message = f"tar is corrupt after member {member or '(none)'}: {exc}"
-    else:
-        error, placeholder = "read_error", UNREADABLE_KEY
-        message = f"reading stopped after member {member or '(none)'}: {exc}"
-    if pending is not None and pending.data is None:
-        yield _failure(shard, pending.key, member, error, message)
-        return
-    if pending is not None:
-        yield pending.entry(shard)
-    # No member: `member` may be the image just yielded, and (source, member) names one image.
-    yield _failure(shard, placeholder, "", error, message)
-
-
-# --- parquet -----------------------------------------------------------------------------------
-
-
-def _is_binary(type_: pa.DataType) -> bool:
-    return (
-        pa.types.is_binary(type_)
-        or pa.types.is_large_binary(type_)
-        or pa.types.is_fixed_size_binary(type_)
-        or pa.types.is_binary_view(type_)
-    )
-
-
-def _iter_parquet(shard: Shard, config: ReadConfig) -> Iterator[ShardEntry]:
-    stem = posixpath.basename(shard.uri).rsplit(".", 1)[0]
-    try:
-        f = fsspec.open(shard.uri, "rb").open()
-    except OSError as exc:
-        yield _failure(shard, SHARD_KEY, "", "read_error", f"cannot open {shard.uri}: {exc}")
-        return
-    with f:
-        try:
-            parquet = pq.ParquetFile(f)
-            schema = parquet.schema_arrow
-        except (pa.ArrowException, OSError) as exc:
-            yield _failure(
-                shard, SHARD_KEY, "", "corrupt_parquet", f"not a readable parquet: {exc}"
-            )
-            return
-        image = config.image_column
-        if image not in schema.names:
-            message = (
-                f"no image column {image!r}; columns are {schema.names}: "
-                "select another with --image-column"
-            )
-            yield _failure(shard, SHARD_KEY, "", "missing_column", message)
-            return
-        if not _is_binary(schema.field(image).type):
-            message = f"image column {image!r} holds {schema.field(image).type}, not bytes"
-            yield _failure(shard, SHARD_KEY, "", "bad_column_type", message)
-            return
-        yield from _parquet_rows(shard, parquet, schema, config, stem)
-
-
-def _parquet_rows(
-    shard: Shard, parquet: pq.ParquetFile, schema: pa.Schema, config: ReadConfig, stem: str
-) -> Iterator[ShardEntry]:
-    named = (config.image_column, config.key_column, config.caption_column, "json")
-    # Other scalar columns become metadata; other binary columns (a second image) are not read.
-    extras = [f.name for f in schema if f.name not in named and not _is_binary(f.type)]
-    columns = [c for c in named if c in schema.names] + extras
-    row = 0
-    # One row group at a time, so a damaged group costs its own rows (as failures) and no more.
-    for group in range(parquet.metadata.num_row_groups):
-        group_end = row + parquet.metadata.row_group(group).num_rows
-        batches = parquet.iter_batches(
-            batch_size=config.parquet_batch_rows, row_groups=[group], columns=columns
-        )
-        while True:
-            try:
-                batch = next(batches, None)
-                rows = None if batch is None else batch.to_pylist()
-            except (pa.ArrowException, OSError) as exc:
-                message = f"row group {group} is unreadable: {exc}"
-                logger.warning("%s: rows %d-%d: %s", shard.uri, row, group_end - 1, message)
-                for lost in range(row, group_end):
-                    key, member = f"{stem}-{lost:09d}", f"row {lost}"
-                    yield _failure(shard, key, member, "corrupt_parquet", message, logging.DEBUG)
-                break
-            if rows is None:
-                break
-            for values in rows:
-                yield _parquet_entry(shard, values, row, stem, config, extras)
-                row += 1
-        row = max(row, group_end)
-
-
-def _parquet_entry(
-    shard: Shard, values: dict[str, Any], row: int, stem: str, config: ReadConfig, extras: list[str]
-) -> ShardEntry:
-    key_value = values.get(config.key_column)
-    key = str(key_value) if key_value is not None else f"{stem}-{row:09d}"
-    member = f"row {row}"
-    data = values[config.image_column]
-    if data is None:
-        message = f"null {config.image_column!r}"
-        return _failure(shard, key, member, "missing_image", message, logging.DEBUG)
-    metadata: dict[str, Any] | None = {name: values[name] for name in extras} or None
-    parsed, note = _metadata(values.get("json"), "'json' column")
-    if parsed is not None:
-        metadata = {**(metadata or {}), **parsed}
-    caption = _caption(values.get(config.caption_column))
-    return ShardEntry(key, shard.uri, member, data, caption, metadata, message=note)

@@ -1,0 +1,120 @@
+"""CPU speed of the native captioner: images/s by batch size, greedy vs beam, and training images/s.
+
+    python benchmarks/captioner_cpu.py [--model DIR] [--images 256] [--batches 1,8,32,128]
+
+Prints a markdown table with the machine, the versions, and each batch size's per-image cost
+relative to batch 1 measured in the same run (the baseline). Inputs are preprocessed world images
+(decoding is measured by the pipeline benchmark, not here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from captioning.backends import CaptionerOptions, NativeCaptioner
+from captioning.decoding import DecodeOptions, decode
+from captioning.model import CaptionModel, caption_loss
+from captioning.preprocess import normalize, to_model_input
+from captioning.vocab import Vocabulary
+from captioning.world import generate_image
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model directory (default: the shipped one)")
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--batches", default="1,8,32,128")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-steps", type=int, default=5)
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+
+    cap = NativeCaptioner(args.model, CaptionerOptions(device="cpu", beam_size=1))
+    size = cap.image_size
+    pool = torch.stack([to_model_input(_rgb(i), size) for i in range(args.images)])  # (N,3,S,S)
+    print(f"machine: {machine()}")
+    print(f"model: {cap.name} {cap.version}, input {size}x{size}, {args.images} world images\n")
+    print("| decoding | batch | images/s | per-image ms | per-image cost vs batch 1 |")
+    print("|---|---:|---:|---:|---:|")
+    for beam in (1, 3):
+        options = DecodeOptions(beam_size=beam, max_length=cap.model.config.max_length)
+        base_ms = None
+        for b in batches:
+            chunks = [pool[i : i + b] for i in range(0, args.images - b + 1, b)] or [pool[:b]]
+
+            def run(chunks=chunks, options=options) -> None:
+                for c in chunks:
+                    decode(cap.model, normalize(c), options)
+
+            n = sum(len(c) for c in chunks)
+            sec = timed(run, args.repeats)
+            ms = 1000 * sec / n
+            base_ms = base_ms or ms
+            name = "greedy" if beam == 1 else f"beam {beam}"
+            print(f"| {name} | {b} | {n / sec:.1f} | {ms:.2f} | {ms / base_ms:.2f} |")
+
+    # Training throughput: a fresh model of the same architecture, batch 64, teacher forcing.
+    model = CaptionModel(cap.model.config).train()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    caps = _captions(cap.vocab)  # (64, T)
+    images = normalize(pool[:64].repeat(1 + 64 // len(pool), 1, 1, 1)[:64])
+
+    def step() -> None:
+        logits, alphas = model(images, caps)
+        loss = caption_loss(logits, alphas, caps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    sec = timed(step, args.train_steps)
+    print(f"\ntraining (batch 64, teacher forcing + backward + Adam): {64 / sec:.1f} images/s")
+
+
+def _rgb(i: int):
+    from io import BytesIO
+
+    from PIL import Image
+
+    return Image.open(BytesIO(generate_image(99, i).data)).convert("RGB")
+
+
+def _captions(vocab: Vocabulary) -> torch.Tensor:
+    rows = [vocab.encode(generate_image(99, i).caption, 24) for i in range(64)]
+    out = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+if __name__ == "__main__":
+    main()
