@@ -42,7 +42,8 @@ demo: $(STAMP)
 TRAIN_IMAGES ?= 24000
 train-default: $(STAMP)
 	$(BIN)/imgindex sample-archive data/train-world --images $(TRAIN_IMAGES) --shards 24 --seed 1 --format tar
-	$(BIN)/imgindex train data/train-world --out data/default-model --epochs 12 --seed 0
+	rm -rf data/default-model
+	$(BIN)/imgindex train data/train-world --out data/default-model --epochs 14 --patience 4 --seed 0
 	cp data/default-model/model.safetensors data/default-model/config.json data/default-model/vocab.json captioning/default_model/
 
 benchmarks: $(STAMP)

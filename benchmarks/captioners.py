@@ -119,12 +119,13 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/imgindex-bench-models"))
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     imgs = images(args.images)
     opts = CaptionerOptions(device="cpu", dtype="float32", beam_size=args.beam_size,
-                            max_length=args.new_tokens, min_new_tokens=args.new_tokens)
+                            max_length=args.new_tokens, min_new_tokens=args.new_tokens,
+                            threads=args.threads)
+    if args.threads:  # before anything runs, so the baseline gets the same threads
+        torch.set_num_threads(args.threads)
     gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens,
            "num_beams": args.beam_size, "do_sample": False}
     import transformers

@@ -70,6 +70,12 @@ def gpu_pixel_values(cap: HFCaptioner, image: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(0).to(cap.dtype)  # (3, S, S) -> (1, 3, S, S)
 
 
+def on_gpu(cap: HFCaptioner, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Pillow-path inputs in the GPU path's device and dtype, so one batch can mix both."""
+    return {k: v.to("cuda", cap.dtype if v.is_floating_point() else v.dtype)
+            for k, v in inputs.items()}
+
+
 def end_to_end(cap: HFCaptioner, pattern: str, batch: int, gpu_decode: bool) -> tuple[int, float]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -83,7 +89,7 @@ def end_to_end(cap: HFCaptioner, pattern: str, batch: int, gpu_decode: bool) -> 
             jpegs = [torch.frombuffer(b, dtype=torch.uint8) for b, im in pending if im is None]
             decoded = iter(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device="cuda")
                            if jpegs else [])
-            inputs = [cap.preprocess(im) if im is not None
+            inputs = [on_gpu(cap, cap.preprocess(im)) if im is not None
                       else {"pixel_values": gpu_pixel_values(cap, next(decoded))}
                       for _, im in pending]
             cap.caption(inputs)
@@ -98,7 +104,7 @@ def raw_model(cap: HFCaptioner, pattern: str, batch: int, repeats: int) -> float
     images = []
     while len(images) < batch and (item := q.get()) is not None:
         images.append(item[1])
-    inputs = [{k: v.to("cuda") for k, v in cap.preprocess(im).items()} for im in images]
+    inputs = [on_gpu(cap, cap.preprocess(im)) for im in images]
     cap.caption(inputs)  # warm-up
     torch.cuda.synchronize()
     t = time.perf_counter()

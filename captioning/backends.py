@@ -43,6 +43,10 @@ class CaptionerOptions:
     prompt: str | None = None  # None = the family's default instruction or task prompt
     trust_remote_code: bool = False  # run Python shipped with the model (auto_map, Florence-2)
     allow_pickle: bool = False  # load pytorch_model.bin (pickle) when there are no safetensors
+    # torch CPU threads for this process, set when the model loads; None = torch's default (one per
+    # core). Cores / processes when several workers share a machine: more threads than free cores
+    # make every op wait for a descheduled thread (measured: 5x slower decoding).
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         DecodeOptions(self.beam_size, self.max_length, self.length_penalty)  # validates
@@ -58,6 +62,8 @@ class CaptionerOptions:
             raise ValueError(f"--num-return-sequences {self.num_return_sequences} needs "
                              f"--beam-size of at least {self.num_return_sequences}, "
                              f"got {self.beam_size}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_length:
             raise ValueError(f"--min-new-tokens must be between 0 and --max-length "
                              f"({self.max_length}), got {self.min_new_tokens}")

@@ -2,7 +2,8 @@
 
 NAME_OR_PATH is a local directory, an fsspec URL of a model directory (copied once into
 $IMGINDEX_CACHE/models/<hash of the URL>, default ~/.cache/imgindex), or a Hugging Face Hub id.
-Nothing here imports torch or transformers: a bad spec fails fast, before any heavy import.
+Nothing here imports torch, and transformers only to name the image-text-to-text model types, so
+a bad path or flag fails fast.
 """
 
 from __future__ import annotations
@@ -222,7 +223,12 @@ def check_safetensors(f: Path) -> None:
                              "re-download the model") from None
     except OSError as e:
         raise ModelLoadError(f"{bad}: {e.strerror or e}") from None
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    try:
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"),
+                  default=0)
+    except (AttributeError, KeyError, TypeError, IndexError, ValueError):
+        raise ModelLoadError(f"{bad}: malformed safetensors header; "
+                             "re-download the model") from None
     if 8 + n + end != size:
         raise ModelLoadError(f"{bad}: {size} bytes, its header describes {8 + n + end}; "
                              "re-download the model")

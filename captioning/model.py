@@ -160,9 +160,19 @@ class CaptionModel(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config, self.encoder.out_channels)
+        # Training-only auxiliary head: which words does the caption contain? (see concept_loss)
+        self.concepts = nn.Linear(self.encoder.out_channels, config.vocab_size)
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decoder(self.encoder(images), captions)
+
+    def forward_train(
+        self, images: torch.Tensor, captions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher forcing plus the concept head: logits, alphas, concept logits (B, V)."""
+        feats = self.encoder(images)  # (B, N, C)
+        logits, alphas = self.decoder(feats, captions)
+        return logits, alphas, self.concepts(feats.amax(dim=1))  # (B, N, C) -> (B, C) -> (B, V)
 
 
 def caption_loss(
@@ -183,3 +193,17 @@ def caption_loss(
     attention_sum = (alphas * mask).sum(dim=1)  # (B, T-1, N) -> (B, N)
     regulariser = ((1.0 - attention_sum) ** 2).mean()
     return ce + alpha_c * regulariser
+
+
+def concept_loss(concept_logits: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+    """Multi-label loss: predict, from the max-pooled grid, every word the caption contains.
+
+    An auxiliary objective for training from scratch: it hands the encoder a direct signal for
+    each visual word (colours, shapes), which the caption loss only reaches through attention
+    and the LSTM. Special tokens (ids 0-3) are not concepts.
+    """
+    targets = torch.zeros_like(concept_logits)  # (B, V)
+    targets.scatter_(1, captions, 1.0)
+    targets[:, :4] = 0.0
+    return nn.functional.binary_cross_entropy_with_logits(
+        concept_logits[:, 4:], targets[:, 4:])

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from captioning.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from captioning.data import TrainingData
 from captioning.decoding import greedy
-from captioning.model import CaptionModel, ModelConfig, caption_loss
+from captioning.model import CaptionModel, ModelConfig, caption_loss, concept_loss
 from captioning.preprocess import normalize
 from captioning.vocab import Vocabulary, tokenize
 from captioning.world import named_pairs
@@ -34,15 +34,16 @@ STATE_DIR = ".train-state"  # inside the output folder: the last epoch, for --re
 
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 14
     batch_size: int = 64
     learning_rate: float = 2e-3
     seed: int = 0
     val_fraction: float = 0.05
     max_val_images: int = 1000
-    patience: int = 3  # epochs without a better validation CIDEr before stopping
-    alpha_c: float = 1.0  # weight of the doubly stochastic attention regulariser
+    patience: int = 4  # epochs without a better validation CIDEr before stopping
+    alpha_c: float = 0.05  # weight of the doubly stochastic attention regulariser (see README)
     grad_clip: float = 5.0
+    concept_weight: float = 1.0  # auxiliary bag-of-words loss on the encoder (model.concept_loss)
     name: str = "imgindex-sat"
 
     def __post_init__(self) -> None:
@@ -188,8 +189,10 @@ def train(
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             caps = captions[idx]
             caps = caps[:, : int((caps != 0).sum(1).max())]  # (B, T): drop all-padding columns
-            logits, alphas = model(normalize(data.images[idx]), caps)
+            logits, alphas, concepts = model.forward_train(normalize(data.images[idx]), caps)
             loss = caption_loss(logits, alphas, caps, config.alpha_c)
+            if config.concept_weight:
+                loss = loss + config.concept_weight * concept_loss(concepts, caps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -67,12 +67,17 @@ def sample_archive(
 def train(
     data: Annotated[str, typer.Argument(help="Training archive: folder, tar or Parquet shards.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
-    epochs: Annotated[int, typer.Option("--epochs")] = 12,
+    epochs: Annotated[int, typer.Option("--epochs")] = 14,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
     lr: Annotated[float, typer.Option("--lr")] = 2e-3,
     image_size: Annotated[int, typer.Option("--image-size")] = 96,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    patience: Annotated[int, typer.Option("--patience")] = 3,
+    patience: Annotated[int, typer.Option("--patience")] = 4,
+    alpha_c: Annotated[float, typer.Option(
+        "--alpha-c", help="Weight of the doubly stochastic attention regulariser.")] = 0.05,
+    concept_weight: Annotated[float, typer.Option(
+        "--concept-weight", help="Weight of the auxiliary bag-of-words loss (0 = off).")] = 1.0,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most N images.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue after the last epoch.")] = False,
     workers: Annotated[int, typer.Option("--workers", help="Decoding processes.")] = 2,
@@ -86,7 +91,9 @@ def train(
     from captioning.train import train as run_training
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed,
-                         patience=patience)
+                         patience=patience, alpha_c=alpha_c, concept_weight=concept_weight)
+    if threads:
+        torch.set_num_threads(threads)
     if resume and not (out_dir / ".train-state" / "state.json").is_file():
         _fail(f"--resume: {out_dir} has no training state to resume from")
     if not resume and (out_dir / "model.safetensors").exists():

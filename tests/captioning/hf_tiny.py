@@ -21,7 +21,7 @@ WORDS = ("a an the of on in with and is are there two three red blue green yello
 
 # Small enough for a test, deep enough (2 layers) to exercise caches and cross-attention.
 _TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 2}
+         "num_attention_heads": 2, "initializer_range": 0.3}
 TINY_IMAGE = 32
 TINY_PATCH = 8
 

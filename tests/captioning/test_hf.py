@@ -29,6 +29,15 @@ def no_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run ~10x faster on one thread: no per-op thread hand-off on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("hf-models")
@@ -56,8 +65,9 @@ def test_batch_of_eight_matches_one_at_a_time(models, images, family):
     alone = [cap.caption([x])[0] for x in inputs]
     together = cap.caption(inputs)
     assert [r.caption for r in together] == [r.caption for r in alone]
+    assert any(r.caption for r in together)  # a random model may emit only whitespace for some
     for r in together:
-        assert r.caption and r.candidates == (r.caption,)
+        assert r.candidates == (r.caption,)
         assert r.score is not None and r.score < 0
     assert np.allclose([r.score for r in together], [r.score for r in alone], atol=1e-4)
     assert cap.caption([]) == []
@@ -75,6 +85,19 @@ def test_three_return_sequences_best_first(models, images, family):
         assert isinstance(r.score, float)
 
 
+@pytest.mark.parametrize("family", ["blip", "git"])
+def test_beam_batches_are_split_and_match_one_at_a_time(models, images, family):
+    from captioning.hf import MAX_BEAM_SEQUENCES
+
+    opts = CaptionerOptions(device="cpu", beam_size=3, max_length=6, min_new_tokens=2)
+    cap = load_captioner("hf:" + str(models[family]), opts)
+    many = images + images[:2]  # 10 images: sub-batches of MAX_BEAM_SEQUENCES // 3 = 8, then 2
+    assert len(many) > MAX_BEAM_SEQUENCES // 3
+    inputs = [cap.preprocess(im) for im in many]
+    alone = [cap.caption([x])[0].caption for x in inputs]
+    assert [r.caption for r in cap.caption(inputs)] == alone
+
+
 @pytest.mark.parametrize("family", ["git", "image-text-to-text", "blip"])
 def test_prompt_tokens_are_stripped(models, images, family):
     opts = CaptionerOptions(device="cpu", beam_size=1, max_length=4, min_new_tokens=4,
@@ -89,7 +112,8 @@ def test_prompt_tokens_are_stripped(models, images, family):
 def test_vlm_uses_its_chat_template_and_default_instruction(models):
     cap = load_captioner("hf:" + str(models["image-text-to-text"]), GREEDY)
     assert cap.prompt == "Describe this image in one sentence."
-    assert cap._text == "user:<image> Describe this image in one sentence.\nassistant:"
+    assert cap._text.startswith("user:<image> Describe this image in one sentence.")
+    assert cap._text.endswith("assistant:")
 
 
 def test_bfloat16(models, images):
@@ -190,6 +214,10 @@ def test_options_say_which_flag_to_change(models):
         CaptionerOptions(beam_size=2, num_return_sequences=3)
     with pytest.raises(ValueError, match="--dtype"):
         CaptionerOptions(dtype="float8")
+    with pytest.raises(ValueError, match="--threads"):
+        CaptionerOptions(threads=0)
+    with pytest.raises(ValueError, match="--min-new-tokens"):
+        CaptionerOptions(max_length=5, min_new_tokens=6)
     with pytest.raises(ValueError, match="--prompt"):
         load_captioner("hf:" + str(models["vision-encoder-decoder"]),
                        CaptionerOptions(device="cpu", prompt="a photo of"))
