@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from captioning.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint
+from captioning.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, read_model_config
 from captioning.decoding import Decoded, DecodeOptions, decode
 from captioning.preprocess import normalize, to_model_input
 
@@ -94,6 +94,8 @@ class NativeCaptioner:
     def __init__(self, model_dir: str | Path | None = None,
                  options: CaptionerOptions = CaptionerOptions()):
         self.options = options
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)  # process-wide: see CaptionerOptions.threads
         self.device = options.resolved_device()
         ckpt = load_checkpoint(model_dir, self.device)
         self.model, self.vocab = ckpt.model, ckpt.vocab
@@ -113,10 +115,28 @@ class NativeCaptioner:
         if not inputs:
             return []
         out = self.run(inputs)
+        n = self.options.num_return_sequences
         return [
-            CaptionResult(self.vocab.decode(t), (self.vocab.decode(t),), float(s))
-            for t, s in zip(out.tokens, out.scores.tolist(), strict=True)
+            CaptionResult(self.vocab.decode(t), tuple(self.vocab.decode(c) for c in cands[:n]),
+                          float(s))
+            for t, cands, s in zip(out.tokens, out.candidates, out.scores.tolist(), strict=True)
         ]
+
+
+def model_identity(spec: str | None, options: CaptionerOptions = CaptionerOptions()
+                   ) -> tuple[str, str]:
+    """(name, version) of the model a spec names, checked but without loading its weights.
+
+    The pipeline's launcher calls this so that a bad --model fails before the job starts.
+    """
+    if spec is not None and spec.startswith("hf:"):
+        from captioning.hf import hf_identity
+
+        return hf_identity(spec[3:], options)
+    directory = DEFAULT_MODEL_DIR if spec in (None, "", "default", "native") else Path(
+        spec.removeprefix("native:"))
+    meta = read_model_config(directory)
+    return meta.get("name", "imgindex-sat"), str(meta.get("version", ""))
 
 
 def load_captioner(spec: str | None, options: CaptionerOptions = CaptionerOptions()) -> Captioner:

@@ -65,10 +65,9 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
     return directory
 
 
-def load_checkpoint(directory: str | Path | None = None, device: str | torch.device = "cpu"
-                    ) -> Checkpoint:
-    """Load a model directory (the shipped default when None), in eval mode."""
-    directory = Path(directory) if directory is not None else DEFAULT_MODEL_DIR
+def read_model_config(directory: str | Path) -> dict:
+    """config.json of a model directory, after checking that all three files are there."""
+    directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"model directory not found: {directory}")
     missing = [f for f in (WEIGHTS, CONFIG, VOCAB) if not (directory / f).is_file()]
@@ -78,9 +77,18 @@ def load_checkpoint(directory: str | Path | None = None, device: str | torch.dev
         )
     try:
         meta = json.loads((directory / CONFIG).read_text())
-        config = ModelConfig.from_dict(meta["model"])
+        ModelConfig.from_dict(meta["model"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{directory / CONFIG} is not a valid model config: {e}") from e
+    return meta
+
+
+def load_checkpoint(directory: str | Path | None = None, device: str | torch.device = "cpu"
+                    ) -> Checkpoint:
+    """Load a model directory (the shipped default when None), in eval mode."""
+    directory = Path(directory) if directory is not None else DEFAULT_MODEL_DIR
+    meta = read_model_config(directory)
+    config = ModelConfig.from_dict(meta["model"])
     vocab = Vocabulary.load(directory / VOCAB)
     if len(vocab) != config.vocab_size:
         raise CheckpointError(

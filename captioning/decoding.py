@@ -35,6 +35,7 @@ class Decoded:
     tokens: list[list[int]]  # per image, word ids without <start>/<end>
     scores: torch.Tensor  # (B,) length-normalised log-probability of the chosen caption
     alphas: torch.Tensor  # (B, T, N) attention of each emitted word over the grid
+    candidates: list[list[list[int]]]  # per image, every hypothesis, best first (tokens[i] first)
 
 
 @torch.inference_mode()
@@ -61,7 +62,8 @@ def greedy(model: CaptionModel, images: torch.Tensor, max_length: int = 24) -> D
             break
     seqs = [_strip(row) for row in torch.stack(out, 1).tolist()]
     steps = max((len(s) for s in seqs), default=0)
-    return Decoded(tokens=seqs, scores=score, alphas=torch.stack(alphas, 1)[:, :steps])
+    return Decoded(tokens=seqs, scores=score, alphas=torch.stack(alphas, 1)[:, :steps],
+                   candidates=[[s] for s in seqs])
 
 
 def _strip(seq: list[int]) -> list[int]:
@@ -116,11 +118,15 @@ def beam_search(model: CaptionModel, images: torch.Tensor, options: DecodeOption
             break
 
     norm = scores / lengths.reshape(b, k).clamp(min=1) ** options.length_penalty  # (B, K)
-    best = norm.argmax(dim=1) + offsets.squeeze(1)  # (B,) rows of the best hypotheses
-    seqs = [_strip(history[i].tolist()) for i in best.tolist()]
+    order = norm.argsort(dim=1, descending=True, stable=True) + offsets  # (B, K) flat rows
+    rows, finite = history.tolist(), torch.isfinite(norm).reshape(-1).tolist()
+    candidates = [[_strip(rows[r]) for r in image if finite[r]] for image in order.tolist()]
+    best = order[:, 0]  # (B,) rows of the best hypotheses
+    seqs = [c[0] for c in candidates]
     steps = max((len(s) for s in seqs), default=0)
     alphas = alpha_history[best, :steps]  # (B, T, N)
-    return Decoded(tokens=seqs, scores=norm.max(dim=1).values, alphas=alphas)
+    return Decoded(tokens=seqs, scores=norm.max(dim=1).values, alphas=alphas,
+                   candidates=candidates)
 
 
 def decode(model: CaptionModel, images: torch.Tensor, options: DecodeOptions) -> Decoded:

@@ -302,6 +302,13 @@ def _groups(inputs: Sequence[dict[str, torch.Tensor]]) -> list[list[int]]:
     return list(groups.values())
 
 
+def hf_identity(name_or_path: str, options: CaptionerOptions) -> tuple[str, str]:
+    """(name, version) as HFCaptioner reports them, from resolution alone (no weights loaded)."""
+    resolved = resolve(name_or_path, trust_remote_code=options.trust_remote_code,
+                       allow_pickle=options.allow_pickle)
+    return f"hf:{name_or_path}", _version(resolved)
+
+
 def _version(resolved: ResolvedModel) -> str:
     h = hashlib.sha256((resolved.path / "config.json").read_bytes())
     for f in sorted(resolved.path.glob("*.safetensors")) + sorted(resolved.path.glob("*.bin")):

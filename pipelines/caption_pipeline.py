@@ -27,7 +27,7 @@ import fsspec
 from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.ml.inference.base import RunInference
 
-from captioning.backends import CaptionerOptions, load_captioner
+from captioning.backends import CaptionerOptions, model_identity
 from captioning.decode import DecodeConfig
 from captioning.shards import ReadConfig, Shard, list_shards
 from pipelines import imgindex_version
@@ -143,12 +143,9 @@ def run_caption(config: CaptionConfig, beam_args: list[str],
                 on_progress: ProgressFn | None = None) -> RunSummary:
     """Validate, run the job to the end, write run.json; returns the summary."""
     shards = list_shards(config.input)  # raises InputError before any work
+    # Check the model here: a bad --model fails now, with a clear message, not inside a worker.
+    model_name, model_version = model_identity(config.model, config.captioner)
     prepare_output(config.out, config.overwrite)
-    # Load once here: a bad --model fails now, with a clear message, not inside a worker.
-    probe = load_captioner(config.model, CaptionerOptions(device="cpu",
-                                                          beam_size=config.captioner.beam_size))
-    model_name, model_version = probe.name, probe.version
-    del probe
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     progress_dir = None
     if _is_local(config.out) and on_progress is not None:

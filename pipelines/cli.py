@@ -43,6 +43,31 @@ ModelOpt = Annotated[
                  "Default: the shipped imgindex model."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda[:N]")]
+BeamOpt = Annotated[int, typer.Option("--beam-size", help="1 = greedy.")]
+MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Most words (new tokens).")]
+NumReturnOpt = Annotated[int, typer.Option(
+    "--num-return-sequences", help="Candidates kept per image (at most --beam-size).")]
+DTypeOpt = Annotated[str, typer.Option(
+    "--dtype", help="auto, float32, float16, bfloat16 (auto: bf16 on GPU, fp32 on CPU).")]
+PromptOpt = Annotated[str | None, typer.Option(
+    "--prompt", help="Instruction or task prompt for hf: models (e.g. <CAPTION>).")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Allow hf: models that ship Python code (Florence-2).")]
+PickleOpt = Annotated[bool, typer.Option(
+    "--allow-pickle", help="Allow hf: models with only pickled weights (pytorch_model.bin).")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", help="torch CPU threads per process (cores / processes).")]
+
+
+def _captioner_options(device: str, beam_size: int, max_length: int, num_return: int,
+                       dtype: str, prompt: str | None, trust_remote_code: bool,
+                       allow_pickle: bool, threads: int | None):
+    from captioning.backends import CaptionerOptions
+
+    return CaptionerOptions(device=device, beam_size=beam_size, max_length=max_length,
+                            num_return_sequences=num_return, dtype=dtype, prompt=prompt,
+                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                            threads=threads)
 
 
 @app.command("sample-archive")
@@ -144,15 +169,24 @@ def _read_images(paths: list[Path]) -> tuple[list[tuple[Path, object]], list[tup
 def describe(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     model: ModelOpt = None,
-    beam_size: Annotated[int, typer.Option("--beam-size")] = 3,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     device: DeviceOpt = "auto",
+    beam_size: BeamOpt = 3,
+    max_length: MaxLenOpt = 24,
+    num_return: NumReturnOpt = 1,
+    dtype: DTypeOpt = "auto",
+    prompt: PromptOpt = None,
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Caption image files; unreadable files get a one-line error and a non-zero exit code."""
-    from captioning.backends import CaptionerOptions, load_captioner
+    from captioning.backends import load_captioner
 
-    captioner = load_captioner(model, CaptionerOptions(device=device, beam_size=beam_size))
+    options = _captioner_options(device, beam_size, max_length, num_return, dtype, prompt,
+                                 trust_remote_code, allow_pickle, threads)
+    captioner = load_captioner(model, options)
     good, bad = _read_images(images)
     for p, reason in bad:
         _error(f"{p}: {reason}")
@@ -230,15 +264,14 @@ BEAM_ARGS_HELP = "Beam pipeline options go after `--`, e.g. -- --runner DirectRu
 
 
 def _caption_config(input_: str, out_dir: str, model: str | None, batch_size: int,
-                    beam_size: int, device: str, overwrite: bool, image_column: str,
+                    captioner, overwrite: bool, image_column: str,
                     model_copies: int | None):
-    from captioning.backends import CaptionerOptions
     from captioning.shards import ReadConfig
     from pipelines.caption_pipeline import CaptionConfig
 
     return CaptionConfig(
         input=input_, out=out_dir, model=model, batch_size=batch_size, overwrite=overwrite,
-        captioner=CaptionerOptions(device=device, beam_size=beam_size),
+        captioner=captioner,
         read=ReadConfig(image_column=image_column), model_copies=model_copies,
     )
 
@@ -283,8 +316,15 @@ def caption(
     out_dir: Annotated[str, typer.Option("--out", help="Output folder (or fsspec URL).")],
     model: ModelOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    beam_size: Annotated[int, typer.Option("--beam-size")] = 3,
     device: DeviceOpt = "auto",
+    beam_size: BeamOpt = 3,
+    max_length: MaxLenOpt = 24,
+    num_return: NumReturnOpt = 1,
+    dtype: DTypeOpt = "auto",
+    prompt: PromptOpt = None,
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
+    threads: ThreadsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     image_column: Annotated[str, typer.Option("--image-column",
                                               help="Parquet column with image bytes.")] = "jpg",
@@ -292,7 +332,9 @@ def caption(
                             "across a worker's processes, N copies.")] = None,
 ) -> None:
     """Caption an archive with a Beam pipeline: captions and failures to Parquet."""
-    config = _caption_config(input_, out_dir, model, batch_size, beam_size, device, overwrite,
+    options = _captioner_options(device, beam_size, max_length, num_return, dtype, prompt,
+                                 trust_remote_code, allow_pickle, threads)
+    config = _caption_config(input_, out_dir, model, batch_size, options, overwrite,
                              image_column, model_copies)
     _run_caption_with_display(config, list(ctx.args))
 
@@ -340,14 +382,23 @@ def run(
     out_dir: Annotated[str, typer.Option("--out", help="Output folder; the index goes to OUT/index.")],
     model: ModelOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    beam_size: Annotated[int, typer.Option("--beam-size")] = 3,
     device: DeviceOpt = "auto",
+    beam_size: BeamOpt = 3,
+    max_length: MaxLenOpt = 24,
+    num_return: NumReturnOpt = 1,
+    dtype: DTypeOpt = "auto",
+    prompt: PromptOpt = None,
+    trust_remote_code: TrustOpt = False,
+    allow_pickle: PickleOpt = False,
+    threads: ThreadsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     image_column: Annotated[str, typer.Option("--image-column")] = "jpg",
     embedder: EmbedderOpt = None,
 ) -> None:
     """Caption + index in one go."""
-    config = _caption_config(input_, out_dir, model, batch_size, beam_size, device, overwrite,
+    options = _captioner_options(device, beam_size, max_length, num_return, dtype, prompt,
+                                 trust_remote_code, allow_pickle, threads)
+    config = _caption_config(input_, out_dir, model, batch_size, options, overwrite,
                              image_column, None)
     _run_caption_with_display(config, list(ctx.args))
     _index(out_dir, f"{out_dir.rstrip('/')}/index", embedder, 256, overwrite, list(ctx.args))

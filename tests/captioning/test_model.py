@@ -98,3 +98,23 @@ def test_vocabulary_round_trip(tmp_path):
     assert vocab.decode(vocab.encode("a purple circle", 20)) == "a <unk> circle"
     vocab.save(tmp_path / "v.json")
     assert Vocabulary.load(tmp_path / "v.json") == vocab
+
+
+def test_beam_candidates_are_sorted_and_start_with_the_caption():
+    model = tiny().eval()
+    out = beam_search(model, torch.randn(3, 3, 32, 32), DecodeOptions(beam_size=4, max_length=8))
+    for tokens, candidates in zip(out.tokens, out.candidates, strict=True):
+        assert candidates[0] == tokens
+        assert 1 <= len(candidates) <= 4
+
+
+def test_native_captioner_returns_n_candidates(tiny_checkpoint):
+    from PIL import Image
+
+    from captioning.backends import CaptionerOptions, NativeCaptioner
+
+    cap = NativeCaptioner(tiny_checkpoint, CaptionerOptions(device="cpu", beam_size=3,
+                                                            num_return_sequences=3))
+    img = Image.new("RGB", (40, 30), (200, 30, 30))
+    result = cap.caption([cap.preprocess(img)])[0]
+    assert result.candidates[0] == result.caption and len(result.candidates) == 3
