@@ -7,8 +7,9 @@ per-image CPU work (it runs before batching, so it overlaps with inference of th
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,6 +84,12 @@ class Captioner(Protocol):
     name: str
     version: str
 
+    def preprocessor(self) -> Callable[[Image.Image], Any]:
+        """The per-image step alone, picklable: the Beam handler runs it in the worker even when
+        the model itself lives in a shared process (share_model_across_processes), so only
+        CPU tensors cross to the model and it moves them to its own device."""
+        ...
+
     def preprocess(self, image: Image.Image) -> Any: ...
 
     def caption(self, inputs: Sequence[Any]) -> list[CaptionResult]: ...
@@ -103,6 +110,9 @@ class NativeCaptioner:
         self.image_size = self.model.config.image_size
         self.decode_options = DecodeOptions(options.beam_size, options.max_length,
                                             options.length_penalty)
+
+    def preprocessor(self) -> Callable[[Image.Image], torch.Tensor]:
+        return functools.partial(to_model_input, size=self.image_size)  # -> (3, S, S) uint8
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return to_model_input(image, self.image_size)  # (3, S, S) uint8

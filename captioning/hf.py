@@ -108,6 +108,20 @@ def load_processor(resolved: ResolvedModel, options: CaptionerOptions) -> tuple[
     return processor, image_processor, tokenizer
 
 
+class HFPreprocessor:
+    """An image processor (or a whole processor with the prompt text) applied to one image."""
+
+    def __init__(self, processor: Any, text: str | None):
+        self.processor, self.text = processor, text
+
+    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        if self.text is not None:
+            enc = self.processor(images=[image], text=[self.text], return_tensors="pt")
+            return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+        pv = self.processor(images=image, return_tensors="pt")["pixel_values"]  # (1, 3, H, W)
+        return {"pixel_values": pv}
+
+
 class HFCaptioner:
     """A transformers image-to-text model behind the Captioner protocol."""
 
@@ -175,13 +189,15 @@ class HFCaptioner:
         return torch.tensor([ids], dtype=torch.long)
 
     # -- the Captioner protocol ------------------------------------------------------------
+    def preprocessor(self) -> HFPreprocessor:
+        """The per-image step alone, picklable: it can run in another process than the model."""
+        if self._text is not None:
+            return HFPreprocessor(self.processor, self._text)
+        return HFPreprocessor(self.image_processor, None)
+
     def preprocess(self, image: Image.Image) -> dict[str, torch.Tensor]:
         """One RGB image -> this model's input tensors for it (batch dimension 1), picklable."""
-        if self._text is not None:
-            enc = self.processor(images=[image], text=[self._text], return_tensors="pt")
-            return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
-        pv = self.image_processor(images=image, return_tensors="pt")["pixel_values"]  # (1, 3, H, W)
-        return {"pixel_values": pv}
+        return self.preprocessor()(image)
 
     @torch.inference_mode()
     def caption(self, inputs: Sequence[dict[str, torch.Tensor]]) -> list[CaptionResult]:

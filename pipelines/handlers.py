@@ -8,8 +8,9 @@ retried one image at a time, so that one bad image costs one failure row, not a 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from pipelines.records import ImageInput
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "imgindex"
+LOAD_LOG_ENV = "IMGINDEX_MODEL_LOAD_LOG"  # a file to append one line per model load
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +45,15 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
         self._inference_ms = Metrics.distribution(NAMESPACE, "inference_ms_per_batch")
         self._preprocess_ms = Metrics.counter(NAMESPACE, "preprocess_ms")
         self._model_ms = Metrics.counter(NAMESPACE, "inference_ms")
+        self._preprocess: Callable[[Any], Any] | None = None
 
     def load_model(self) -> Captioner:
         captioner = load_captioner(self._spec, self._options)
-        logger.info("loaded captioner %s %s", captioner.name, captioner.version)
+        logger.info("loaded captioner %s %s in process %d", captioner.name, captioner.version,
+                    os.getpid())
+        if log := os.environ.get(LOAD_LOG_ENV):  # lets a test count model loads across processes
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()}\n")
         return captioner
 
     def get_metrics_namespace(self) -> str:
@@ -59,7 +66,10 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
     def run_inference(self, batch: Sequence[ImageInput], model: Captioner,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         started = time.perf_counter()
-        inputs = [model.preprocess(x.inputs) for x in batch]
+        if self._preprocess is None:
+            # Fetched once: with a shared model `model` is a proxy, and each call a round trip.
+            self._preprocess = model.preprocessor()
+        inputs = [self._preprocess(x.inputs) for x in batch]
         mid = time.perf_counter()
         try:
             results: list[CaptionResult | CaptionFailure] = list(model.caption(inputs))
