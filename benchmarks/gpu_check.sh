@@ -53,7 +53,7 @@ for family in blip git; do
   echo "== imgindex caption (Beam DirectRunner), $family-base, batch $BATCH =="
   start=$(date +%s.%N)
   "$IMGINDEX" caption "$WORK/shards" --out "$WORK/out-$family" --model "hf:$WORK/$family-base" \
-    --batch-size "$BATCH" --beam-size 1 --device cuda --overwrite -- --runner DirectRunner
+    --batch-size "$BATCH" --beam-size 1 --device cuda --overwrite
   end=$(date +%s.%N)
   "$PY" -c "print(f'wall {($end - $start):.1f} s for $IMAGES images: {$IMAGES / ($end - $start):.1f} img/s including start-up')"
 done

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from pycocoevalcap.cider.cider import Cider
@@ -72,7 +73,8 @@ ProgressFn = Callable[[int, int, int, float], None]  # epoch, step, steps, loss
 
 def split(data: TrainingData, val_fraction: float) -> tuple[list[int], list[int]]:
     """Train/validation rows by a hash of the key: stable when the archive grows."""
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for i, ex in enumerate(data.examples):
         bucket = zlib.crc32(ex.key.encode()) % 10_000
         (val if bucket < val_fraction * 10_000 else train).append(i)
@@ -167,7 +169,7 @@ def train(
         model = CaptionModel(ModelConfig(vocab_size=len(vocab), image_size=image_size,
                                          **(architecture or {})))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    state = {"epoch": 0, "best_cider": -1.0, "bad_epochs": 0, "history": []}
+    state: dict[str, Any] = {"epoch": 0, "best_cider": -1.0, "bad_epochs": 0, "history": []}
     if resume:
         state = _load_state(out, model, optimizer)
         logger.info("resuming after epoch %d", state["epoch"])

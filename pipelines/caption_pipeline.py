@@ -81,7 +81,8 @@ class RunSummary:
 
 
 def _is_local(url: str) -> bool:
-    return fsspec.core.url_to_fs(url)[0].protocol in ("file", ("file", "local"), "local")
+    protocol = fsspec.core.url_to_fs(url)[0].protocol  # a name or a tuple of aliases
+    return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
 
 
 def prepare_output(out: str, overwrite: bool) -> None:
@@ -147,33 +148,32 @@ def run_caption(config: CaptionConfig, beam_args: list[str],
     model_name, model_version = model_identity(config.model, config.captioner)
     prepare_output(config.out, config.overwrite)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    # Live progress only where workers can write beside the output (a local run).
     progress_dir = None
-    if _is_local(config.out) and on_progress is not None:
+    if on_progress is not None and _is_local(config.out):
         progress_dir = str(Path(fsspec.core.url_to_fs(config.out)[1]) / ".progress")
         Path(progress_dir).mkdir(parents=True, exist_ok=True)
 
-    options = pipeline_options(beam_args)
     started = time.perf_counter()
-    with_progress = progress_dir is not None and on_progress is not None
     stop = threading.Event()
-    if with_progress:
+    if progress_dir is not None:
         def poll() -> None:
             while not stop.wait(0.5):
                 on_progress(read_progress(progress_dir), time.perf_counter() - started)
 
-        watcher = threading.Thread(target=poll, daemon=True)
-        watcher.start()
+        threading.Thread(target=poll, daemon=True).start()
     try:
-        p = beam.Pipeline(options=options)
+        p = beam.Pipeline(options=pipeline_options(beam_args))
         build_pipeline(p, config, shards, run_id, model_name, model_version, progress_dir)
         result = p.run()
         result.wait_until_finish()
+        seconds = time.perf_counter() - started
+        if progress_dir is not None:
+            on_progress(read_progress(progress_dir), seconds)
     finally:
         stop.set()
-    seconds = time.perf_counter() - started
-    if with_progress:
-        on_progress(read_progress(progress_dir), seconds)
-        shutil.rmtree(progress_dir, ignore_errors=True)
+        if progress_dir is not None:
+            shutil.rmtree(progress_dir, ignore_errors=True)
 
     counters = _counters(result)
     failed = {k.removeprefix("failed_"): v for k, v in counters.items() if k.startswith("failed_")}
