@@ -133,20 +133,29 @@ class NativeCaptioner:
         ]
 
 
-def model_identity(spec: str | None, options: CaptionerOptions = CaptionerOptions()
-                   ) -> tuple[str, str]:
-    """(name, version) of the model a spec names, checked but without loading its weights.
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    name: str
+    version: str
+    input_size: int | None  # the side the model resizes images to, when known
 
-    The pipeline's launcher calls this so that a bad --model fails before the job starts.
+
+def model_identity(spec: str | None, options: CaptionerOptions = CaptionerOptions()
+                   ) -> ModelIdentity:
+    """Name, version and input size of the model a spec names, checked without loading weights.
+
+    The pipeline's launcher calls this so that a bad --model fails before the job starts, and to
+    let the decoder skip detail the model would throw away (JPEG draft mode).
     """
     if spec is not None and spec.startswith("hf:"):
         from captioning.hf import hf_identity
 
-        return hf_identity(spec[3:], options)
+        return ModelIdentity(*hf_identity(spec[3:], options))
     directory = DEFAULT_MODEL_DIR if spec in (None, "", "default", "native") else Path(
         spec.removeprefix("native:"))
     meta = read_model_config(directory)
-    return meta.get("name", "imgindex-sat"), str(meta.get("version", ""))
+    return ModelIdentity(meta.get("name", "imgindex-sat"), str(meta.get("version", "")),
+                         int(meta["model"]["image_size"]))
 
 
 def load_captioner(spec: str | None, options: CaptionerOptions = CaptionerOptions()) -> Captioner:

@@ -13,8 +13,10 @@ are left-padded (right padding would make the model continue from pad tokens).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -318,11 +320,26 @@ def _groups(inputs: Sequence[dict[str, torch.Tensor]]) -> list[list[int]]:
     return list(groups.values())
 
 
-def hf_identity(name_or_path: str, options: CaptionerOptions) -> tuple[str, str]:
-    """(name, version) as HFCaptioner reports them, from resolution alone (no weights loaded)."""
+def hf_identity(name_or_path: str, options: CaptionerOptions) -> tuple[str, str, int | None]:
+    """(name, version, input size) as HFCaptioner reports them, from resolution alone."""
     resolved = resolve(name_or_path, trust_remote_code=options.trust_remote_code,
                        allow_pickle=options.allow_pickle)
-    return f"hf:{name_or_path}", _version(resolved)
+    return f"hf:{name_or_path}", _version(resolved), _input_size(resolved.path)
+
+
+def _input_size(path: Path) -> int | None:
+    """The largest side preprocessor_config.json resizes to (height/width/shortest_edge)."""
+    try:
+        size = json.loads((path / "preprocessor_config.json").read_text()).get("size")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        sides = [v for k, v in size.items() if k in ("height", "width", "shortest_edge")
+                 and isinstance(v, int)]
+        return max(sides) if sides else None
+    return None
 
 
 def _version(resolved: ResolvedModel) -> str:

@@ -10,6 +10,7 @@ files and renames them when the job commits, so a failed run leaves no half-writ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -49,7 +50,8 @@ class CaptionConfig:
     overwrite: bool = False
     captioner: CaptionerOptions = field(default_factory=CaptionerOptions)
     read: ReadConfig = field(default_factory=ReadConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    # draft_size None: decode JPEGs at the model's input size (see run_caption)
+    decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(draft_size=None))
     model_copies: int | None = None  # >1 (or 1) shares the model across a worker's processes
 
     def __post_init__(self) -> None:
@@ -145,7 +147,14 @@ def run_caption(config: CaptionConfig, beam_args: list[str],
     """Validate, run the job to the end, write run.json; returns the summary."""
     shards = list_shards(config.input)  # raises InputError before any work
     # Check the model here: a bad --model fails now, with a clear message, not inside a worker.
-    model_name, model_version = model_identity(config.model, config.captioner)
+    identity = model_identity(config.model, config.captioner)
+    model_name, model_version = identity.name, identity.version
+    if config.decode.draft_size is None and identity.input_size:
+        # JPEGs decode at the smallest 1/2^k scale still >= the model's input: nearly the same
+        # pixels after the model's resize, for a fraction of the work on large photos.
+        side = identity.input_size
+        config = dataclasses.replace(config, decode=dataclasses.replace(
+            config.decode, draft_size=(side, side)))
     prepare_output(config.out, config.overwrite)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     # Live progress only where workers can write beside the output (a local run).
@@ -202,6 +211,7 @@ def write_run_json(config: CaptionConfig, summary: RunSummary, beam_args: list[s
             "captioner": asdict(config.captioner),
             "image_column": config.read.image_column,
             "max_pixels": config.decode.max_pixels,
+            "jpeg_draft_size": config.decode.draft_size,
             "beam_args": beam_args,
         },
         "model": {"name": summary.model, "version": summary.model_version},
