@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   ?= demo-out
 
-.PHONY: install demo test lint typecheck train-default benchmarks clean
+.PHONY: install demo test lint train-default eval-default benchmarks clean
 
 # Re-installs only when pyproject.toml changes; torch/torchvision come from local disk.
 $(STAMP): pyproject.toml
@@ -46,8 +46,21 @@ train-default: $(STAMP)
 	$(BIN)/imgindex train data/train-world --out data/default-model --epochs 14 --patience 4 --seed 0
 	cp data/default-model/model.safetensors data/default-model/config.json data/default-model/vocab.json captioning/default_model/
 
+# Held-out quality of the default model: 500 images of a world seed not used in training.
+eval-default: $(STAMP)
+	rm -rf data/heldout-world data/eval-greedy data/eval-beam3
+	$(BIN)/imgindex sample-archive data/heldout-world --images 500 --seed 7 --format folder
+	$(BIN)/imgindex caption data/heldout-world --out data/eval-greedy --beam-size 1
+	$(BIN)/imgindex caption data/heldout-world --out data/eval-beam3 --beam-size 3
+	$(BIN)/imgindex evaluate data/eval-greedy/captions --references data/heldout-world
+	$(BIN)/imgindex evaluate data/eval-beam3/captions --references data/heldout-world
+
 benchmarks: $(STAMP)
 	$(PY) benchmarks/captioner_cpu.py
+	$(PY) benchmarks/pipeline.py efficiency --images 2000
+	$(PY) benchmarks/pipeline.py memory --sizes 2000,20000
+	$(MAKE) demo
+	$(PY) benchmarks/pipeline.py search --index $(DEMO)/run/index
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache .mypy_cache

@@ -82,3 +82,27 @@ def test_resume_without_state_is_a_clear_error(world, tmp_path):
 def test_bad_config_says_what_to_change():
     with pytest.raises(ValueError, match="--epochs"):
         TrainConfig(epochs=0)
+
+
+def test_a_folder_of_images_with_txt_captions_is_training_data(tmp_path):
+    from PIL import Image
+
+    for i, (color, name) in enumerate([((200, 30, 30), "red"), ((30, 30, 200), "blue")] * 3):
+        Image.new("RGB", (40 + i, 30), color).save(tmp_path / f"photo {i}.png")
+        (tmp_path / f"photo {i}.txt").write_text(f"a {name} picture\n")
+    (tmp_path / "no caption.png").write_bytes((tmp_path / "photo 0.png").read_bytes())
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "broken.txt").write_text("a broken picture")
+    data = load_training_data(str(tmp_path), image_size=16, workers=1)
+    assert len(data.examples) == 6
+    assert {e.caption for e in data.examples} == {"a red picture", "a blue picture"}
+    assert data.examples[0].truth is None
+    assert data.skipped == {"no_caption": 1, "unidentified": 1}
+
+
+def test_an_archive_without_captions_is_a_clear_error(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="no captioned images"):
+        load_training_data(str(tmp_path), image_size=16, workers=1)
