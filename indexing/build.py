@@ -271,7 +271,9 @@ def _write_files(
     (directory / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
+def check_index_target(out: Path, overwrite: bool) -> None:
+    """Refuse a target write_index would refuse: a file, a non-empty folder without overwrite,
+    or a non-empty folder that is not an index (overwrite never replaces those)."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -336,13 +338,13 @@ def write_index(
     validate_index_inputs(entries, vectors, manifest)
     vectors = np.ascontiguousarray(vectors)
     out = Path(out_dir)
-    _check_target(out, overwrite)  # fail before the work, checked again before the swap
+    check_index_target(out, overwrite)  # fail before the work, checked again before the swap
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         _write_files(tmp, entries, vectors, manifest)
-        _check_target(out, overwrite)
+        check_index_target(out, overwrite)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.runners.runner import PipelineState
 
-from indexing.build import MANIFEST_FILE, IndexEntry, Manifest, write_index
+from indexing.build import (
+    MANIFEST_FILE,
+    IndexEntry,
+    Manifest,
+    check_index_target,
+    write_index,
+)
 from indexing.embed import (
     DEFAULT_EMBEDDER,
     EmbedderError,
@@ -273,26 +279,8 @@ def write_embedded_index(
 
 
 def check_out_dir(out_dir: str, overwrite: bool) -> None:
-    """Refuse an out_dir that write_index would refuse, before any work is done.
-
-    Raises:
-        FileExistsError: out_dir is a file, or is non-empty and overwrite is False, or is
-            non-empty and not an index (write_index never replaces an arbitrary directory).
-    """
-    out = Path(out_dir)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory: choose another output path")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise FileExistsError(f"index directory {out} is not empty: pass --overwrite to replace it")
-    if not (out / MANIFEST_FILE).is_file():
-        raise FileExistsError(
-            f"{out} is not empty and holds no {MANIFEST_FILE}, so it is not an index; refusing to "
-            "replace it even with --overwrite: choose another output path"
-        )
+    """Refuse an out_dir that write_index would refuse, before any work is done."""
+    check_index_target(Path(out_dir), overwrite)
 
 
 class SentenceEmbeddingHandler(ModelHandler[CaptionText, EmbeddedCaption, TextEmbedder]):

@@ -15,9 +15,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
-@pytest.fixture
-def tiny_checkpoint(tmp_path):
-    """A 2-stage, randomly initialised Show-Attend-Tell model saved through the real code."""
+def build_tiny_checkpoint(directory):
+    """A 2-stage, randomly initialised Show-Attend-Tell model saved through the real code.
+
+    Seeded, so its captions are deterministic (and nonsense: tests using it check plumbing).
+    """
     from captioning.checkpoint import Checkpoint, save_checkpoint
     from captioning.model import CaptionModel, ModelConfig
     from captioning.vocab import Vocabulary
@@ -28,5 +30,9 @@ def tiny_checkpoint(tmp_path):
     config = ModelConfig(vocab_size=len(vocab), image_size=32, encoder_channels=(8, 16),
                          embed_dim=16, hidden_dim=32, attention_dim=16, max_length=8)
     model = CaptionModel(config).eval()
-    path = save_checkpoint(tmp_path / "tiny-model", Checkpoint(model, vocab, "tiny", "t1"))
-    return path
+    return save_checkpoint(directory, Checkpoint(model, vocab, "tiny", "t1"))
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    return build_tiny_checkpoint(tmp_path / "tiny-model")
