@@ -431,6 +431,8 @@ def search(
 
 def main() -> None:
     """Entry point: known bad input becomes one clear line and exit code 2, never a traceback."""
+    # Our own progress display is enough; transformers would add a bar per model load.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=os.environ.get("IMGINDEX_LOG", "WARNING"),
                         format="%(levelname)s %(name)s: %(message)s")
     # Beam warns about Google Cloud client libraries on import; we need none for local runs.
