@@ -47,8 +47,10 @@ def images(n: int, seed: int = 0) -> list[Image.Image]:
     """Photo-sized random images of a few aspect ratios (the processors resize them)."""
     rng = np.random.default_rng(seed)
     sizes = [(640, 480), (480, 640), (500, 500), (800, 450)]
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-            for w, h in (sizes[i % len(sizes)] for i in range(n))]
+    return [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for w, h in (sizes[i % len(sizes)] for i in range(n))
+    ]
 
 
 def model_dir(family: str, workdir: Path, size: str) -> Path:
@@ -63,7 +65,7 @@ def time_ours(cap: HFCaptioner, imgs: list[Image.Image], batch: int) -> float:
     cap.caption([cap.preprocess(imgs[0])])  # warm-up: first-call allocations, lazy inits
     t = time.perf_counter()
     for i in range(0, len(imgs), batch):
-        cap.caption([cap.preprocess(im) for im in imgs[i:i + batch]])
+        cap.caption([cap.preprocess(im) for im in imgs[i : i + batch]])
     return len(imgs) / (time.perf_counter() - t)
 
 
@@ -72,8 +74,9 @@ def baseline(cap: HFCaptioner, gen: dict):
     from transformers import pipeline
 
     if cap.family in ("blip", "blip-2", "image-text-to-text", "florence2"):
-        pipe = pipeline("image-text-to-text", model=cap.model, processor=cap.processor,
-                        device=cap.device)
+        pipe = pipeline(
+            "image-text-to-text", model=cap.model, processor=cap.processor, device=cap.device
+        )
         text = cap._text if cap._text is not None else (cap.prompt or "")
 
         def run(imgs: list[Image.Image], batch: int) -> None:
@@ -87,7 +90,7 @@ def baseline(cap: HFCaptioner, gen: dict):
 
     def loop(imgs: list[Image.Image], batch: int) -> None:
         for i in range(0, len(imgs), batch):
-            chunk = imgs[i:i + batch]
+            chunk = imgs[i : i + batch]
             if cap.processor is not None:
                 enc = cap.processor(images=chunk, return_tensors="pt")
             else:
@@ -108,8 +111,11 @@ def time_baseline(run, imgs: list[Image.Image], batch: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--families", default=",".join(FAMILIES),
-                    help=f"comma-separated, from {', '.join(FAMILIES)}")
+    ap.add_argument(
+        "--families",
+        default=",".join(FAMILIES),
+        help=f"comma-separated, from {', '.join(FAMILIES)}",
+    )
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=20)
@@ -121,22 +127,37 @@ def main() -> None:
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     imgs = images(args.images)
-    opts = CaptionerOptions(device="cpu", dtype="float32", beam_size=args.beam_size,
-                            max_length=args.new_tokens, min_new_tokens=args.new_tokens,
-                            threads=args.threads)
+    opts = CaptionerOptions(
+        device="cpu",
+        dtype="float32",
+        beam_size=args.beam_size,
+        max_length=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        threads=args.threads,
+    )
     if args.threads:  # before anything runs, so the baseline gets the same threads
         torch.set_num_threads(args.threads)
-    gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens,
-           "num_beams": args.beam_size, "do_sample": False}
+    gen = {
+        "max_new_tokens": args.new_tokens,
+        "min_new_tokens": args.new_tokens,
+        "num_beams": args.beam_size,
+        "do_sample": False,
+    }
     import transformers
 
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}; python {platform.python_version()}, torch "
-          f"{torch.__version__}, transformers {transformers.__version__}")
-    print(f"{args.size} models, random weights, {args.images} images, exactly {args.new_tokens} "
-          f"new tokens, beam size {args.beam_size}, float32\n")
-    print("| family | batch | ours img/s | baseline | baseline img/s | ours / baseline | "
-          "ours per-image cost vs ours batch 1 |")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}; python {platform.python_version()}, torch "
+        f"{torch.__version__}, transformers {transformers.__version__}"
+    )
+    print(
+        f"{args.size} models, random weights, {args.images} images, exactly {args.new_tokens} "
+        f"new tokens, beam size {args.beam_size}, float32\n"
+    )
+    print(
+        "| family | batch | ours img/s | baseline | baseline img/s | ours / baseline | "
+        "ours per-image cost vs ours batch 1 |"
+    )
     print("|---|---:|---:|---|---:|---:|---:|")
     for family in args.families.split(","):
         cap = HFCaptioner(str(model_dir(family, args.workdir, args.size)), opts)
@@ -148,8 +169,11 @@ def main() -> None:
             theirs = None if args.no_baseline else time_baseline(run, imgs, b)
             theirs_s = "-" if theirs is None else f"{theirs:.2f}"
             ratio = "-" if theirs is None else f"{ours / theirs:.2f}x"
-            print(f"| {family} | {b} | {ours:.2f} | {base_name} b={b} | {theirs_s} | {ratio} | "
-                  f"{first / ours:.2f} |", flush=True)
+            print(
+                f"| {family} | {b} | {ours:.2f} | {base_name} b={b} | {theirs_s} | {ratio} | "
+                f"{first / ours:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

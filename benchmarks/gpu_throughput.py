@@ -72,8 +72,9 @@ def gpu_pixel_values(cap: HFCaptioner, image: torch.Tensor) -> torch.Tensor:
 
 def on_gpu(cap: HFCaptioner, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Pillow-path inputs in the GPU path's device and dtype, so one batch can mix both."""
-    return {k: v.to("cuda", cap.dtype if v.is_floating_point() else v.dtype)
-            for k, v in inputs.items()}
+    return {
+        k: v.to("cuda", cap.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()
+    }
 
 
 def end_to_end(cap: HFCaptioner, pattern: str, batch: int, gpu_decode: bool) -> tuple[int, float]:
@@ -87,11 +88,15 @@ def end_to_end(cap: HFCaptioner, pattern: str, batch: int, gpu_decode: bool) -> 
             pending.append(item)
         if pending and (len(pending) == batch or item is None):
             jpegs = [torch.frombuffer(b, dtype=torch.uint8) for b, im in pending if im is None]
-            decoded = iter(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device="cuda")
-                           if jpegs else [])
-            inputs = [on_gpu(cap, cap.preprocess(im)) if im is not None
-                      else {"pixel_values": gpu_pixel_values(cap, next(decoded))}
-                      for _, im in pending]
+            decoded = iter(
+                decode_jpeg(jpegs, mode=ImageReadMode.RGB, device="cuda") if jpegs else []
+            )
+            inputs = [
+                on_gpu(cap, cap.preprocess(im))
+                if im is not None
+                else {"pixel_values": gpu_pixel_values(cap, next(decoded))}
+                for _, im in pending
+            ]
             cap.caption(inputs)
             done, pending = done + len(inputs), []
         if item is None:
@@ -125,8 +130,13 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this benchmark is for a GPU machine")
-    opts = CaptionerOptions(device="cuda", dtype=args.dtype, beam_size=1,
-                            max_length=args.new_tokens, min_new_tokens=args.new_tokens)
+    opts = CaptionerOptions(
+        device="cuda",
+        dtype=args.dtype,
+        beam_size=1,
+        max_length=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+    )
     cap = HFCaptioner(args.model, opts)
     name = f"{cap.family} {args.dtype} b={args.batch_size}"
     for gpu_decode in (True, False):
@@ -134,13 +144,19 @@ def main() -> None:
         n, s = end_to_end(cap, args.shards, args.batch_size, gpu_decode)
         peak = torch.cuda.max_memory_allocated() / 2**30
         path = "GPU JPEG decode" if gpu_decode else "CPU decode (prefetch thread)"
-        print(f"| {name} | end to end, {path} | {n / s:.1f} img/s | {n} images | "
-              f"peak {peak:.2f} GiB |", flush=True)
+        print(
+            f"| {name} | end to end, {path} | {n / s:.1f} img/s | {n} images | "
+            f"peak {peak:.2f} GiB |",
+            flush=True,
+        )
     torch.cuda.reset_peak_memory_stats()
     ips = raw_model(cap, args.shards, args.batch_size, args.repeats)
     peak = torch.cuda.max_memory_allocated() / 2**30
-    print(f"| {name} | raw model, preprocessed batch on GPU | {ips:.1f} img/s | "
-          f"{args.batch_size * args.repeats} images | peak {peak:.2f} GiB |", flush=True)
+    print(
+        f"| {name} | raw model, preprocessed batch on GPU | {ips:.1f} img/s | "
+        f"{args.batch_size * args.repeats} images | peak {peak:.2f} GiB |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

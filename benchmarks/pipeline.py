@@ -35,8 +35,10 @@ def _machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor() or "unknown cpu"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def _archive(root: Path, images: int, shards: int) -> Path:

@@ -54,20 +54,26 @@ class CaptionerOptions:
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             raise ValueError(f"--device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError("--dtype must be auto, float32, float16 or bfloat16, "
-                             f"got {self.dtype!r}")
+            raise ValueError(
+                f"--dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}"
+            )
         if self.num_return_sequences < 1:
-            raise ValueError("--num-return-sequences must be at least 1, "
-                             f"got {self.num_return_sequences}")
+            raise ValueError(
+                f"--num-return-sequences must be at least 1, got {self.num_return_sequences}"
+            )
         if self.num_return_sequences > self.beam_size:
-            raise ValueError(f"--num-return-sequences {self.num_return_sequences} needs "
-                             f"--beam-size of at least {self.num_return_sequences}, "
-                             f"got {self.beam_size}")
+            raise ValueError(
+                f"--num-return-sequences {self.num_return_sequences} needs "
+                f"--beam-size of at least {self.num_return_sequences}, "
+                f"got {self.beam_size}"
+            )
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_length:
-            raise ValueError(f"--min-new-tokens must be between 0 and --max-length "
-                             f"({self.max_length}), got {self.min_new_tokens}")
+            raise ValueError(
+                f"--min-new-tokens must be between 0 and --max-length "
+                f"({self.max_length}), got {self.min_new_tokens}"
+            )
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -96,10 +102,11 @@ class Captioner(Protocol):
 
 
 class NativeCaptioner:
-    """The project's own Show-Attend-Tell model from a model directory (default: the shipped one)."""
+    """The project's own Show-Attend-Tell model from a model directory (default: shipped one)."""
 
-    def __init__(self, model_dir: str | Path | None = None,
-                 options: CaptionerOptions = CaptionerOptions()):
+    def __init__(
+        self, model_dir: str | Path | None = None, options: CaptionerOptions = CaptionerOptions()
+    ):
         self.options = options
         if options.threads is not None:
             torch.set_num_threads(options.threads)  # process-wide: see CaptionerOptions.threads
@@ -108,8 +115,9 @@ class NativeCaptioner:
         self.model, self.vocab = ckpt.model, ckpt.vocab
         self.name, self.version = ckpt.name, ckpt.version
         self.image_size = self.model.config.image_size
-        self.decode_options = DecodeOptions(options.beam_size, options.max_length,
-                                            options.length_penalty)
+        self.decode_options = DecodeOptions(
+            options.beam_size, options.max_length, options.length_penalty
+        )
 
     def preprocessor(self) -> Callable[[Image.Image], torch.Tensor]:
         return functools.partial(to_model_input, size=self.image_size)  # -> (3, S, S) uint8
@@ -127,8 +135,9 @@ class NativeCaptioner:
         out = self.run(inputs)
         n = self.options.num_return_sequences
         return [
-            CaptionResult(self.vocab.decode(t), tuple(self.vocab.decode(c) for c in cands[:n]),
-                          float(s))
+            CaptionResult(
+                self.vocab.decode(t), tuple(self.vocab.decode(c) for c in cands[:n]), float(s)
+            )
             for t, cands, s in zip(out.tokens, out.candidates, out.scores.tolist(), strict=True)
         ]
 
@@ -140,8 +149,9 @@ class ModelIdentity:
     input_size: int | None  # the side the model resizes images to, when known
 
 
-def model_identity(spec: str | None, options: CaptionerOptions = CaptionerOptions()
-                   ) -> ModelIdentity:
+def model_identity(
+    spec: str | None, options: CaptionerOptions = CaptionerOptions()
+) -> ModelIdentity:
     """Name, version and input size of the model a spec names, checked without loading weights.
 
     The pipeline's launcher calls this so that a bad --model fails before the job starts, and to
@@ -151,11 +161,17 @@ def model_identity(spec: str | None, options: CaptionerOptions = CaptionerOption
         from captioning.hf import hf_identity
 
         return ModelIdentity(*hf_identity(spec[3:], options))
-    directory = DEFAULT_MODEL_DIR if spec in (None, "", "default", "native") else Path(
-        spec.removeprefix("native:"))
+    directory = (
+        DEFAULT_MODEL_DIR
+        if spec in (None, "", "default", "native")
+        else Path(spec.removeprefix("native:"))
+    )
     meta = read_model_config(directory)
-    return ModelIdentity(meta.get("name", "imgindex-sat"), str(meta.get("version", "")),
-                         int(meta["model"]["image_size"]))
+    return ModelIdentity(
+        meta.get("name", "imgindex-sat"),
+        str(meta.get("version", "")),
+        int(meta["model"]["image_size"]),
+    )
 
 
 def load_captioner(spec: str | None, options: CaptionerOptions = CaptionerOptions()) -> Captioner:

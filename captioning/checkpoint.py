@@ -56,12 +56,17 @@ def save_checkpoint(directory: str | Path, ckpt: Checkpoint) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in ckpt.model.state_dict().items()}
-    meta = {"name": ckpt.name, "version": ckpt.version, "model": ckpt.model.config.to_dict(),
-            "info": ckpt.info}
+    meta = {
+        "name": ckpt.name,
+        "version": ckpt.version,
+        "model": ckpt.model.config.to_dict(),
+        "info": ckpt.info,
+    }
     _replace(directory / WEIGHTS, lambda p: save_file(state, p))
     _replace(directory / VOCAB, ckpt.vocab.save)
-    _replace(directory / CONFIG,
-             lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    _replace(
+        directory / CONFIG, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    )
     return directory
 
 
@@ -83,8 +88,9 @@ def read_model_config(directory: str | Path) -> dict:
     return meta
 
 
-def load_checkpoint(directory: str | Path | None = None, device: str | torch.device = "cpu"
-                    ) -> Checkpoint:
+def load_checkpoint(
+    directory: str | Path | None = None, device: str | torch.device = "cpu"
+) -> Checkpoint:
     """Load a model directory (the shipped default when None), in eval mode."""
     directory = Path(directory) if directory is not None else DEFAULT_MODEL_DIR
     meta = read_model_config(directory)
@@ -92,12 +98,15 @@ def load_checkpoint(directory: str | Path | None = None, device: str | torch.dev
     vocab = Vocabulary.load(directory / VOCAB)
     if len(vocab) != config.vocab_size:
         raise CheckpointError(
-            f"{directory}: vocab.json has {len(vocab)} words but config.json says {config.vocab_size}"
+            f"{directory}: vocab.json has {len(vocab)} words but config.json says "
+            f"{config.vocab_size}"
         )
     try:
         state = load_file(str(directory / WEIGHTS), device=str(device))
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(f"{directory / WEIGHTS} is not a readable safetensors file: {e}") from e
+        raise CheckpointError(
+            f"{directory / WEIGHTS} is not a readable safetensors file: {e}"
+        ) from e
     model = CaptionModel(config)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -106,5 +115,10 @@ def load_checkpoint(directory: str | Path | None = None, device: str | torch.dev
             f"unexpected {result.unexpected_keys[:3]}"
         )
     model.to(device).eval()
-    return Checkpoint(model, vocab, meta.get("name", "imgindex-sat"), str(meta.get("version", "")),
-                      meta.get("info", {}))
+    return Checkpoint(
+        model,
+        vocab,
+        meta.get("name", "imgindex-sat"),
+        str(meta.get("version", "")),
+        meta.get("info", {}),
+    )

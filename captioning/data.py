@@ -1,4 +1,4 @@
-"""Training data: any archive (folder, tar, Parquet; captions from sidecars) -> uint8 tensors + captions.
+"""Training data: any archive with caption sidecars -> uint8 image tensors + captions.
 
 Images are decoded and resized once, on all cores, and kept in memory as uint8: 20,000 images of
 112 x 112 take 750 MB, and every epoch after the first costs no decoding.
@@ -81,8 +81,9 @@ def _chunked_map(pool: ProcessPoolExecutor, jobs: Iterator, chunk: int = 512) ->
         yield from pool.map(_prepare, batch, chunksize=32)
 
 
-def load_training_data(pattern: str, image_size: int, workers: int = 2,
-                       limit: int | None = None) -> TrainingData:
+def load_training_data(
+    pattern: str, image_size: int, workers: int = 2, limit: int | None = None
+) -> TrainingData:
     """Decode every captioned image under `pattern`; what cannot be used is counted by reason."""
     skipped: Counter = Counter()
     images: list[torch.Tensor] = []

@@ -57,9 +57,7 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be > 0, got {self.max_pixels}; e.g. 100_000_000")
-        if self.draft_size is not None and (
-            len(self.draft_size) != 2 or min(self.draft_size) <= 0
-        ):
+        if self.draft_size is not None and (len(self.draft_size) != 2 or min(self.draft_size) <= 0):
             raise ValueError(
                 f"draft_size must be a (width, height) of positive ints or None, "
                 f"got {self.draft_size!r}"

@@ -62,8 +62,12 @@ def greedy(model: CaptionModel, images: torch.Tensor, max_length: int = 24) -> D
             break
     seqs = [_strip(row) for row in torch.stack(out, 1).tolist()]
     steps = max((len(s) for s in seqs), default=0)
-    return Decoded(tokens=seqs, scores=score, alphas=torch.stack(alphas, 1)[:, :steps],
-                   candidates=[[s] for s in seqs])
+    return Decoded(
+        tokens=seqs,
+        scores=score,
+        alphas=torch.stack(alphas, 1)[:, :steps],
+        candidates=[[s] for s in seqs],
+    )
 
 
 def _strip(seq: list[int]) -> list[int]:
@@ -125,8 +129,7 @@ def beam_search(model: CaptionModel, images: torch.Tensor, options: DecodeOption
     seqs = [c[0] for c in candidates]
     steps = max((len(s) for s in seqs), default=0)
     alphas = alpha_history[best, :steps]  # (B, T, N)
-    return Decoded(tokens=seqs, scores=norm.max(dim=1).values, alphas=alphas,
-                   candidates=candidates)
+    return Decoded(tokens=seqs, scores=norm.max(dim=1).values, alphas=alphas, candidates=candidates)
 
 
 def decode(model: CaptionModel, images: torch.Tensor, options: DecodeOptions) -> Decoded:

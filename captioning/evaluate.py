@@ -91,8 +91,9 @@ def evaluate_captions(
     _require_keys(keys, references, "references")
     empty = [k for k in keys if len(references[k]) == 0]
     if empty:
-        raise ValueError(f"{len(empty)} predicted image(s) have an empty reference list: "
-                         f"{_examples(empty)}")
+        raise ValueError(
+            f"{len(empty)} predicted image(s) have an empty reference list: {_examples(empty)}"
+        )
     accuracy = attribute_accuracy(predictions, truths) if truths is not None else None
 
     notes: list[str] = []
@@ -173,8 +174,10 @@ def _tokenize(
     if why_not is None and not os.access(folder, os.W_OK):
         why_not = f"pycocoevalcap writes its temporary file to {folder}, which is not writable"
     if why_not is not None:
-        notes.append(f"PTB tokenizer unavailable ({why_not}): used a python tokenizer that "
-                     "mimics it; scores may differ slightly from the official ones")
+        notes.append(
+            f"PTB tokenizer unavailable ({why_not}): used a python tokenizer that "
+            "mimics it; scores may differ slightly from the official ones"
+        )
         return (
             {k: [python_tokenize(c) for c in v] for k, v in gts.items()},
             {k: [python_tokenize(c) for c in v] for k, v in res.items()},
@@ -304,8 +307,10 @@ def load_references(
     else:
         data = _read_json(root)
         if not isinstance(data, dict):
-            raise ValueError(f"{root}: expected a JSON object mapping key -> references, "
-                             f"got {type(data).__name__}")
+            raise ValueError(
+                f"{root}: expected a JSON object mapping key -> references, "
+                f"got {type(data).__name__}"
+            )
         for key, value in data.items():
             entries[str(key)] = _reference_entry(root, str(key), value)
     if not entries:
@@ -337,8 +342,10 @@ def _reference_entry(
             refs = [value["caption"]]
         objects = value.get("objects")
     else:
-        raise ValueError(f"{where} must be a list of captions or an object with 'references', "
-                         f"got {type(value).__name__}")
+        raise ValueError(
+            f"{where} must be a list of captions or an object with 'references', "
+            f"got {type(value).__name__}"
+        )
     if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
         raise ValueError(f"{where}: no captions found (need a non-empty list of strings)")
     if objects is None:
@@ -398,8 +405,9 @@ def _read_parquet(f: Path) -> list[tuple[str, str]]:
         names = pq.read_schema(f).names
         missing = [c for c in ("key", "caption") if c not in names]
         if missing:
-            raise ValueError(f"{f}: missing column(s) {', '.join(missing)} "
-                             f"(has: {', '.join(names) or 'none'})")
+            raise ValueError(
+                f"{f}: missing column(s) {', '.join(missing)} (has: {', '.join(names) or 'none'})"
+            )
         table = pq.read_table(f, columns=["key", "caption"])
     except pa.ArrowException as exc:
         raise ValueError(f"{f}: not a readable Parquet file ({_one_line(str(exc))})") from exc

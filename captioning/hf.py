@@ -38,28 +38,40 @@ _PER_IMAGE_TEXT = ("image-text-to-text", "florence2")
 # measured on CPU (GIT-base, 3 beams): 8 images per generate call 2.6 s/image, 32 images 3.4 s,
 # 1 image 3.5 s. So a big batch runs as sub-batches of at most this many sequences.
 MAX_BEAM_SEQUENCES = 24
-_SEQUENCE_KEYS: dict[str, int | None] = {"input_ids": None, "attention_mask": 0,
-                                         "token_type_ids": 0, "mm_token_type_ids": 0}
+_SEQUENCE_KEYS: dict[str, int | None] = {
+    "input_ids": None,
+    "attention_mask": 0,
+    "token_type_ids": 0,
+    "mm_token_type_ids": 0,
+}
 
 
 def _model_class(resolved: ResolvedModel):
     import transformers as tf
 
-    fixed = {"blip": tf.BlipForConditionalGeneration, "git": tf.GitForCausalLM,
-             "vision-encoder-decoder": tf.VisionEncoderDecoderModel,
-             "blip-2": tf.Blip2ForConditionalGeneration}
+    fixed = {
+        "blip": tf.BlipForConditionalGeneration,
+        "git": tf.GitForCausalLM,
+        "vision-encoder-decoder": tf.VisionEncoderDecoderModel,
+        "blip-2": tf.Blip2ForConditionalGeneration,
+    }
     if resolved.family in fixed:
         return fixed[resolved.family]
     if resolved.remote_code:  # its own classes, through whichever auto class auto_map names
         from captioning.hf_resolve import read_config
 
         auto_map = read_config(resolved.path)["auto_map"]
-        for name in ("AutoModelForImageTextToText", "AutoModelForVision2Seq",
-                     "AutoModelForCausalLM", "AutoModelForSeq2SeqLM"):
+        for name in (
+            "AutoModelForImageTextToText",
+            "AutoModelForVision2Seq",
+            "AutoModelForCausalLM",
+            "AutoModelForSeq2SeqLM",
+        ):
             if name in auto_map and hasattr(tf, name):
                 return getattr(tf, name)
-        raise ModelLoadError(f"{resolved.path}: its auto_map names no generative model class "
-                             f"({', '.join(auto_map)})")
+        raise ModelLoadError(
+            f"{resolved.path}: its auto_map names no generative model class ({', '.join(auto_map)})"
+        )
     return tf.AutoModelForImageTextToText
 
 
@@ -68,8 +80,11 @@ def load_model(resolved: ResolvedModel, options: CaptionerOptions) -> Any:
     from safetensors import SafetensorError
 
     cls = _model_class(resolved)
-    kwargs = {"dtype": options.resolved_dtype(), "use_safetensors": resolved.safetensors,
-              "trust_remote_code": options.trust_remote_code}
+    kwargs = {
+        "dtype": options.resolved_dtype(),
+        "use_safetensors": resolved.safetensors,
+        "trust_remote_code": options.trust_remote_code,
+    }
     try:
         try:
             model = cls.from_pretrained(resolved.path, attn_implementation="sdpa", **kwargs)
@@ -82,8 +97,10 @@ def load_model(resolved: ResolvedModel, options: CaptionerOptions) -> Any:
         if isinstance(e, ModelLoadError):
             raise
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{resolved.path}: cannot load the model weights ({reason}); "
-                             "re-download or re-save the model") from e
+        raise ModelLoadError(
+            f"{resolved.path}: cannot load the model weights ({reason}); "
+            "re-download or re-save the model"
+        ) from e
     return model.to(options.resolved_device()).eval()
 
 
@@ -95,18 +112,25 @@ def load_processor(resolved: ResolvedModel, options: CaptionerOptions) -> tuple[
     try:
         if resolved.family == "vision-encoder-decoder":  # no processor class: the two parts
             improc = AutoImageProcessor.from_pretrained(resolved.path, trust_remote_code=trust)
-            return None, improc, AutoTokenizer.from_pretrained(resolved.path,
-                                                               trust_remote_code=trust)
+            return (
+                None,
+                improc,
+                AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust),
+            )
         processor = AutoProcessor.from_pretrained(resolved.path, trust_remote_code=trust)
     except (OSError, ValueError, KeyError, TypeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{resolved.path}: cannot load its processor/tokenizer ({reason}); "
-                             "save it next to the model with processor.save_pretrained") from e
+        raise ModelLoadError(
+            f"{resolved.path}: cannot load its processor/tokenizer ({reason}); "
+            "save it next to the model with processor.save_pretrained"
+        ) from e
     tokenizer = getattr(processor, "tokenizer", None)
     image_processor = getattr(processor, "image_processor", None)
     if tokenizer is None or image_processor is None:
-        raise ModelLoadError(f"{resolved.path}: its processor ({type(processor).__name__}) lacks "
-                             "a tokenizer or an image processor")
+        raise ModelLoadError(
+            f"{resolved.path}: its processor ({type(processor).__name__}) lacks "
+            "a tokenizer or an image processor"
+        )
     return processor, image_processor, tokenizer
 
 
@@ -132,15 +156,19 @@ class HFCaptioner:
         self.options = options
         if options.threads is not None:
             torch.set_num_threads(options.threads)  # process-wide: see CaptionerOptions.threads
-        self.resolved = resolve(name_or_path, trust_remote_code=options.trust_remote_code,
-                                allow_pickle=options.allow_pickle)
+        self.resolved = resolve(
+            name_or_path,
+            trust_remote_code=options.trust_remote_code,
+            allow_pickle=options.allow_pickle,
+        )
         self.family = self.resolved.family
         if self.family == "vision-encoder-decoder" and options.prompt is not None:
             raise ValueError("--prompt: vision-encoder-decoder models take no prompt; leave it out")
         self.device = options.resolved_device()
         self.dtype = options.resolved_dtype()
-        self.processor, self.image_processor, self.tokenizer = load_processor(self.resolved,
-                                                                              options)
+        self.processor, self.image_processor, self.tokenizer = load_processor(
+            self.resolved, options
+        )
         self.model = load_model(self.resolved, options)
         self.name = f"hf:{name_or_path}"
         self.version = _version(self.resolved)
@@ -154,8 +182,14 @@ class HFCaptioner:
         self._eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         pad = gc.pad_token_id if gc.pad_token_id is not None else self.tokenizer.pad_token_id
         self._pad = pad if pad is not None else next(iter(self._eos), 0)
-        logger.info("loaded %s (%s, %s, %s) on %s", self.name, self.family,
-                    type(self.model).__name__, self.dtype, self.device)
+        logger.info(
+            "loaded %s (%s, %s, %s) on %s",
+            self.name,
+            self.family,
+            type(self.model).__name__,
+            self.dtype,
+            self.device,
+        )
 
     # -- prompts ---------------------------------------------------------------------------
     def _default_prompt(self) -> str | None:
@@ -169,10 +203,12 @@ class HFCaptioner:
         """The text each per-image processor call gets: through the chat template if any."""
         prompt = self.prompt or ""
         if self.family == "image-text-to-text" and getattr(self.processor, "chat_template", None):
-            messages = [{"role": "user", "content": [{"type": "image"},
-                                                     {"type": "text", "text": prompt}]}]
-            return self.processor.apply_chat_template(messages, add_generation_prompt=True,
-                                                      tokenize=False)
+            messages = [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+            ]
+            return self.processor.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
         return prompt
 
     def _fixed_prompt_ids(self) -> torch.Tensor | None:
@@ -206,11 +242,14 @@ class HFCaptioner:
         if not inputs:
             return []
         results: list[CaptionResult | None] = [None] * len(inputs)
-        step = len(inputs) if self.options.beam_size == 1 else max(
-            1, MAX_BEAM_SEQUENCES // self.options.beam_size)
+        step = (
+            len(inputs)
+            if self.options.beam_size == 1
+            else max(1, MAX_BEAM_SEQUENCES // self.options.beam_size)
+        )
         for group in _groups(inputs):  # one group unless image-side shapes differ (dynamic VLMs)
             for s in range(0, len(group), step):
-                idx = group[s:s + step]
+                idx = group[s : s + step]
                 for i, r in zip(idx, self._caption_batch([inputs[i] for i in idx]), strict=True):
                     results[i] = r
         return [r for r in results if r is not None]
@@ -230,19 +269,28 @@ class HFCaptioner:
         n = self.options.num_return_sequences
         seqs = out.sequences  # (B*n, T)
         if echo is not None and _echoes(seqs, echo, n):
-            seqs = seqs[:, echo.shape[1]:]  # decoder-only: drop the prompt it repeats
+            seqs = seqs[:, echo.shape[1] :]  # decoder-only: drop the prompt it repeats
         texts = [self._decode(row) for row in seqs.tolist()]
         scores = self._scores(out, seqs, n)
-        return [CaptionResult(texts[i * n], tuple(texts[i * n:(i + 1) * n]),
-                              None if scores is None else scores[i * n])
-                for i in range(b)]
+        return [
+            CaptionResult(
+                texts[i * n],
+                tuple(texts[i * n : (i + 1) * n]),
+                None if scores is None else scores[i * n],
+            )
+            for i in range(b)
+        ]
 
     def _generate_kwargs(self) -> dict[str, Any]:
         o = self.options
-        kw: dict[str, Any] = {"do_sample": False, "num_beams": o.beam_size,
-                              "max_new_tokens": o.max_length,
-                              "num_return_sequences": o.num_return_sequences,
-                              "return_dict_in_generate": True, "output_scores": True}
+        kw: dict[str, Any] = {
+            "do_sample": False,
+            "num_beams": o.beam_size,
+            "max_new_tokens": o.max_length,
+            "num_return_sequences": o.num_return_sequences,
+            "return_dict_in_generate": True,
+            "output_scores": True,
+        }
         if self.family != "blip":  # BLIP's generate sets its own pad id
             kw["pad_token_id"] = self._pad
         if o.min_new_tokens is not None:
@@ -285,7 +333,7 @@ class HFCaptioner:
         if not out.scores:
             return None
         logp = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # (B*n, T_new, V)
-        new = out.sequences[:, -logp.shape[1]:]  # (B*n, T_new)
+        new = out.sequences[:, -logp.shape[1] :]  # (B*n, T_new)
         tok = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B*n, T_new)
         ended = torch.zeros_like(new, dtype=torch.bool)
         for e in self._eos:
@@ -299,7 +347,7 @@ def _left_pad(parts: list[torch.Tensor], fill: int) -> torch.Tensor:
     width = max(p.shape[1] for p in parts)
     out = torch.full((len(parts), width), fill, dtype=parts[0].dtype)
     for i, p in enumerate(parts):
-        out[i, width - p.shape[1]:] = p[0]
+        out[i, width - p.shape[1] :] = p[0]
     return out
 
 
@@ -307,23 +355,26 @@ def _echoes(seqs: torch.Tensor, prompt: torch.Tensor, n: int) -> bool:
     """Whether generate returned the prompt in front of the new tokens (decoder-only models)."""
     length = prompt.shape[1]
     return seqs.shape[1] >= length and bool(
-        (seqs[:, :length] == prompt.repeat_interleave(n, dim=0)).all())
+        (seqs[:, :length] == prompt.repeat_interleave(n, dim=0)).all()
+    )
 
 
 def _groups(inputs: Sequence[dict[str, torch.Tensor]]) -> list[list[int]]:
     """Indices of inputs whose non-sequence tensors have equal shapes (so they can be stacked)."""
     groups: dict[tuple, list[int]] = {}
     for i, x in enumerate(inputs):
-        key = tuple((k, tuple(v.shape[1:])) for k, v in sorted(x.items())
-                    if k not in _SEQUENCE_KEYS)
+        key = tuple(
+            (k, tuple(v.shape[1:])) for k, v in sorted(x.items()) if k not in _SEQUENCE_KEYS
+        )
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 
 
 def hf_identity(name_or_path: str, options: CaptionerOptions) -> tuple[str, str, int | None]:
     """(name, version, input size) as HFCaptioner reports them, from resolution alone."""
-    resolved = resolve(name_or_path, trust_remote_code=options.trust_remote_code,
-                       allow_pickle=options.allow_pickle)
+    resolved = resolve(
+        name_or_path, trust_remote_code=options.trust_remote_code, allow_pickle=options.allow_pickle
+    )
     return f"hf:{name_or_path}", _version(resolved), _input_size(resolved.path)
 
 
@@ -336,8 +387,11 @@ def _input_size(path: Path) -> int | None:
     if isinstance(size, int):
         return size
     if isinstance(size, dict):
-        sides = [v for k, v in size.items() if k in ("height", "width", "shortest_edge")
-                 and isinstance(v, int)]
+        sides = [
+            v
+            for k, v in size.items()
+            if k in ("height", "width", "shortest_edge") and isinstance(v, int)
+        ]
         return max(sides) if sides else None
     return None
 

@@ -1,4 +1,4 @@
-"""Show, Attend and Tell: images (B, 3, S, S) -> a grid of CNN features -> words, with soft attention.
+"""Show, Attend and Tell: images (B, 3, S, S) -> a CNN feature grid -> words, with soft attention.
 
 The encoder is a small CNN trained from scratch (our world needs no ImageNet features). The decoder
 is an LSTM that, at every word, attends over the encoder's grid with additive attention
@@ -49,7 +49,9 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}: is this an imgindex model?")
+            raise ValueError(
+                f"unknown model config keys {sorted(unknown)}: is this an imgindex model?"
+            )
         d = dict(d)
         if "encoder_channels" in d:
             d["encoder_channels"] = tuple(d["encoder_channels"])
@@ -143,7 +145,7 @@ class Decoder(nn.Module):
     def forward(
         self, feats: torch.Tensor, captions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher forcing: captions (B, T) starting with <start> -> logits (B, T-1, V), alphas (B, T-1, N)."""
+        """Teacher forcing: captions (B, T) -> logits (B, T-1, V), alphas (B, T-1, N)."""
         feats_proj = self.attention.project(feats)  # (B, N, A)
         state = self.init_state(feats)
         logits, alphas = [], []
@@ -163,7 +165,9 @@ class CaptionModel(nn.Module):
         # Training-only auxiliary head: which words does the caption contain? (see concept_loss)
         self.concepts = nn.Linear(self.encoder.out_channels, config.vocab_size)
 
-    def forward(self, images: torch.Tensor, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, captions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decoder(self.encoder(images), captions)
 
     def forward_train(
@@ -187,8 +191,9 @@ def caption_loss(
     every grid cell's attention, summed over the words, towards 1 (paper, eq. 14).
     """
     targets = captions[:, 1:]  # (B, T-1)
-    ce = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                     ignore_index=0)
+    ce = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=0
+    )
     mask = (targets != 0).unsqueeze(2).to(alphas.dtype)  # (B, T-1, 1)
     attention_sum = (alphas * mask).sum(dim=1)  # (B, T-1, N) -> (B, N)
     regulariser = ((1.0 - attention_sum) ** 2).mean()
@@ -205,5 +210,4 @@ def concept_loss(concept_logits: torch.Tensor, captions: torch.Tensor) -> torch.
     targets = torch.zeros_like(concept_logits)  # (B, V)
     targets.scatter_(1, captions, 1.0)
     targets[:, :4] = 0.0
-    return nn.functional.binary_cross_entropy_with_logits(
-        concept_logits[:, 4:], targets[:, 4:])
+    return nn.functional.binary_cross_entropy_with_logits(concept_logits[:, 4:], targets[:, 4:])

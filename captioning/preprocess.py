@@ -1,4 +1,4 @@
-"""RGB PIL image -> the model's input: uint8 (3, S, S) for storage, float (B, 3, S, S) for the model."""
+"""RGB PIL image -> model input: uint8 (3, S, S) to store, float (B, 3, S, S) to compute."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TrainingData -> a model directory: teacher-forced training, validation CIDEr, early stopping, resume.
+"""TrainingData -> a model directory: teacher forcing, validation CIDEr, early stopping, resume.
 
 The run is deterministic for a seed: the shuffle of epoch e and its dropout draw from seed + e, so a
 run resumed after epoch e continues exactly as the uninterrupted one would.
@@ -96,8 +96,13 @@ def _encode_captions(vocab: Vocabulary, captions: list[str], max_length: int) ->
     return out
 
 
-def validate(model: CaptionModel, vocab: Vocabulary, data: TrainingData, rows: list[int],
-             batch_size: int = 128) -> tuple[float, float | None]:
+def validate(
+    model: CaptionModel,
+    vocab: Vocabulary,
+    data: TrainingData,
+    rows: list[int],
+    batch_size: int = 128,
+) -> tuple[float, float | None]:
     """Greedy captions of `rows` -> (CIDEr-D against their references, attribute accuracy)."""
     model.eval()
     preds: dict[str, list[str]] = {}
@@ -166,8 +171,9 @@ def train(
         model, vocab = last.model, last.vocab
     else:
         vocab = Vocabulary.build(data.examples[i].caption for i in train_rows)
-        model = CaptionModel(ModelConfig(vocab_size=len(vocab), image_size=image_size,
-                                         **(architecture or {})))
+        model = CaptionModel(
+            ModelConfig(vocab_size=len(vocab), image_size=image_size, **(architecture or {}))
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state: dict[str, Any] = {"epoch": 0, "best_cider": -1.0, "bad_epochs": 0, "history": []}
     if resume:
@@ -207,8 +213,13 @@ def train(
         best = cider > state["best_cider"]
         report = EpochReport(epoch + 1, total / steps, cider, attr, rate, best)
         reports.append(report)
-        info = {"train": asdict(config), "epoch": epoch + 1, "val_cider": cider,
-                "val_attribute_accuracy": attr, "train_images": len(train_rows)}
+        info = {
+            "train": asdict(config),
+            "epoch": epoch + 1,
+            "val_cider": cider,
+            "val_attribute_accuracy": attr,
+            "train_images": len(train_rows),
+        }
         ckpt = Checkpoint(model, vocab, config.name, f"seed{config.seed}-epoch{epoch + 1}", info)
         if best:
             state["best_cider"], state["bad_epochs"] = cider, 0

@@ -1,4 +1,4 @@
-"""Captions <-> token ids; the vocabulary is built from training captions and saved with the model."""
+"""Captions <-> token ids; the vocabulary comes from training captions and ships with the model."""
 
 from __future__ import annotations
 

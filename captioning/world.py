@@ -5,7 +5,8 @@ caption follows fixed rules so that a model can learn it exactly:
 
 * one object:                 "a large red circle"
 * two different objects:      one is large and one small; the large one is the subject and the
-                              relation says where it is: "a large red circle left of a small blue square"
+                              relation says where it is:
+                              "a large red circle left of a small blue square"
 * an object repeated:         "two small green triangles", "three large blue stars"
 * three objects:              groups by (size, colour, shape); larger first, then left to right:
                               "two large green triangles and a small blue star",
@@ -48,7 +49,12 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SIZES: tuple[str, ...] = ("small", "large")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
-INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+INVERSE_RELATION = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+}
 BACKGROUNDS: tuple[str, ...] = ("plain", "gradient", "noise", "texture")
 IMAGE_FORMATS: tuple[str, ...] = ("jpg", "png", "webp")
 NUMBER_WORDS = {2: "two", 3: "three"}
@@ -56,7 +62,12 @@ NUMBER_WORDS = {2: "two", 3: "three"}
 # Object radius as a fraction of the image's shorter side.
 _RADIUS = {"small": 0.095, "large": 0.17}
 _SYNONYMS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
-_BACKGROUND_WORDS = {"plain": "plain", "gradient": "gradient", "noise": "noisy", "texture": "textured"}
+_BACKGROUND_WORDS = {
+    "plain": "plain",
+    "gradient": "gradient",
+    "noise": "noisy",
+    "texture": "textured",
+}
 _ASPECTS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3)
 
 
@@ -132,9 +143,7 @@ def _place(rng: random.Random, sizes: list[str], w: int, h: int, relation: str |
     short = min(w, h)
     for _ in range(2000):
         radii = [_RADIUS[s] * short * rng.uniform(0.9, 1.1) for s in sizes]
-        pts = [
-            (rng.uniform(r, w - r), rng.uniform(r, h - r), r) for r in radii
-        ]
+        pts = [(rng.uniform(r, w - r), rng.uniform(r, h - r), r) for r in radii]
         if relation is not None:
             (x0, y0, _), (x1, y1, _) = pts
             dx, dy = x0 - x1, y0 - y1
@@ -210,9 +219,7 @@ def _groups(scene: Scene) -> list[tuple[int, SceneObject]]:
     groups: dict[tuple[str, str, str], list[SceneObject]] = {}
     for o in scene.objects:
         groups.setdefault((o.size, o.color, o.shape), []).append(o)
-    ordered = sorted(
-        groups.values(), key=lambda g: (g[0].size != "large", min(o.cx for o in g))
-    )
+    ordered = sorted(groups.values(), key=lambda g: (g[0].size != "large", min(o.cx for o in g)))
     return [(len(g), g[0]) for g in ordered]
 
 
@@ -267,7 +274,7 @@ _SINGULAR = {p: s for s, p in PLURALS.items()}
 
 
 def named_pairs(caption: str) -> set[tuple[str, str]]:
-    """The (colour, shape) pairs a caption names: 'two green triangles' -> {('green','triangle')}."""
+    """(colour, shape) pairs a caption names: 'two green triangles' -> {('green', 'triangle')}."""
     return {(c, _SINGULAR.get(s, s)) for c, s in _PAIR.findall(caption.lower())}
 
 
@@ -277,9 +284,7 @@ def named_pairs(caption: str) -> set[tuple[str, str]]:
 def _shape_points(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple]:
     def poly(angles_radii: list[tuple[float, float]]) -> list[tuple[float, float]]:
         t = math.radians(rot)
-        return [
-            (cx + rr * math.cos(a + t), cy + rr * math.sin(a + t)) for a, rr in angles_radii
-        ]
+        return [(cx + rr * math.cos(a + t), cy + rr * math.sin(a + t)) for a, rr in angles_radii]
 
     if shape == "square":
         return poly([(math.pi / 4 + k * math.pi / 2, r) for k in range(4)])
@@ -288,12 +293,25 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, rot: float) -> lis
     if shape == "hexagon":
         return poly([(k * math.pi / 3, r) for k in range(6)])
     if shape == "star":
-        return poly([(-math.pi / 2 + k * math.pi / 5, r if k % 2 == 0 else r * 0.45)
-                     for k in range(10)])
+        return poly(
+            [(-math.pi / 2 + k * math.pi / 5, r if k % 2 == 0 else r * 0.45) for k in range(10)]
+        )
     if shape == "cross":
         a = r * 0.33
-        corners = [(a, r), (-a, r), (-a, a), (-r, a), (-r, -a), (-a, -a),
-                   (-a, -r), (a, -r), (a, -a), (r, -a), (r, a), (a, a)]
+        corners = [
+            (a, r),
+            (-a, r),
+            (-a, a),
+            (-r, a),
+            (-r, -a),
+            (-a, -a),
+            (-a, -r),
+            (a, -r),
+            (a, -a),
+            (r, -a),
+            (r, a),
+            (a, a),
+        ]
         return poly([(math.atan2(y, x), math.hypot(x, y)) for x, y in corners])
     raise ValueError(f"unknown shape {shape!r}")
 
@@ -302,7 +320,9 @@ def _background(scene: Scene, rng: np.random.Generator) -> Image.Image:
     w, h = scene.width, scene.height
 
     def tone() -> np.ndarray:
-        r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.05, 0.25), rng.uniform(0.45, 0.75))
+        r, g, b = colorsys.hsv_to_rgb(
+            rng.random(), rng.uniform(0.05, 0.25), rng.uniform(0.45, 0.75)
+        )
         return np.array([r, g, b], dtype=np.float32) * 255
 
     base = tone()

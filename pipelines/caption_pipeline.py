@@ -1,7 +1,8 @@
 """The caption job: image shards -> OUT/captions/*.parquet + OUT/failures/*.parquet + OUT/run.json.
 
-    ListShards -> Reshuffle -> ReadShards -> DecodeImages -> RunInference(CaptionImages) -> ToRows
-                                   \\-> failures   \\-> failures                        \\-> failures
+    ListShards -> Reshuffle -> ReadShards -> DecodeImages -> CaptionImages -> ToRows
+                                   |             |             (RunInference)    |
+                                   +-> failures  +-> failures                    +-> failures
 
 Shards are listed up front (a bad input fails before any work) and spread over workers; members
 are streamed inside a shard. Both tables go through Beam's Parquet sink, which writes to temporary
@@ -93,7 +94,8 @@ def prepare_output(out: str, overwrite: bool) -> None:
     if fs.exists(root) and fs.ls(root):
         if not overwrite:
             raise FileExistsError(
-                f"{out} is not empty: pass --overwrite to replace its captions, or pick another --out"
+                f"{out} is not empty: pass --overwrite to replace its captions, "
+                "or pick another --out"
             )
         for name in ("captions", "failures", "run.json", "index", ".progress"):
             if fs.exists(f"{root}/{name}"):
@@ -101,33 +103,47 @@ def prepare_output(out: str, overwrite: bool) -> None:
     fs.makedirs(root, exist_ok=True)
 
 
-def build_pipeline(p: beam.Pipeline, config: CaptionConfig, shards: list[Shard], run_id: str,
-                   model_name: str, model_version: str, progress_dir: str | None) -> None:
+def build_pipeline(
+    p: beam.Pipeline,
+    config: CaptionConfig,
+    shards: list[Shard],
+    run_id: str,
+    model_name: str,
+    model_version: str,
+    progress_dir: str | None,
+) -> None:
     read = (
         p
         | "ListShards" >> beam.Create(shards)
         | "Reshuffle" >> beam.Reshuffle()
-        | "ReadShards" >> beam.ParDo(ReadShard(config.read, run_id)).with_outputs(
-            FAILURES, main="entries")
+        | "ReadShards"
+        >> beam.ParDo(ReadShard(config.read, run_id)).with_outputs(FAILURES, main="entries")
     )
     decoded = read.entries | "DecodeImages" >> beam.ParDo(
-        DecodeImages(config.decode, run_id)).with_outputs(FAILURES, main="images")
-    handler = CaptionModelHandler(config.model, config.captioner, config.batch_size,
-                                  config.model_copies)
+        DecodeImages(config.decode, run_id)
+    ).with_outputs(FAILURES, main="images")
+    handler = CaptionModelHandler(
+        config.model, config.captioner, config.batch_size, config.model_copies
+    )
     rows = (
         decoded.images
         | "CaptionImages" >> RunInference(handler)
-        | "ToRows" >> beam.ParDo(ToRows(run_id, model_name, model_version, progress_dir))
-        .with_outputs(FAILURES, main="captions")
+        | "ToRows"
+        >> beam.ParDo(ToRows(run_id, model_name, model_version, progress_dir)).with_outputs(
+            FAILURES, main="captions"
+        )
     )
     _ = rows.captions | "WriteCaptions" >> WriteToParquet(
-        f"{config.out}/captions/part", CAPTION_SCHEMA, file_name_suffix=".parquet")
+        f"{config.out}/captions/part", CAPTION_SCHEMA, file_name_suffix=".parquet"
+    )
     _ = (
         (read[FAILURES], decoded[FAILURES], rows[FAILURES])
         | "MergeFailures" >> beam.Flatten()
         | "FailureDicts" >> beam.ParDo(CountFailures(progress_dir))
-        | "WriteFailures" >> WriteToParquet(
-            f"{config.out}/failures/part", FAILURE_SCHEMA, file_name_suffix=".parquet")
+        | "WriteFailures"
+        >> WriteToParquet(
+            f"{config.out}/failures/part", FAILURE_SCHEMA, file_name_suffix=".parquet"
+        )
     )
 
 
@@ -142,8 +158,9 @@ def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
 ProgressFn = Callable[[dict[str, int], float], None]
 
 
-def run_caption(config: CaptionConfig, beam_args: list[str],
-                on_progress: ProgressFn | None = None) -> RunSummary:
+def run_caption(
+    config: CaptionConfig, beam_args: list[str], on_progress: ProgressFn | None = None
+) -> RunSummary:
     """Validate, run the job to the end, write run.json; returns the summary."""
     shards = list_shards(config.input)  # raises InputError before any work
     # Check the model here: a bad --model fails now, with a clear message, not inside a worker.
@@ -153,8 +170,9 @@ def run_caption(config: CaptionConfig, beam_args: list[str],
         # JPEGs decode at the smallest 1/2^k scale still >= the model's input: nearly the same
         # pixels after the model's resize, for a fraction of the work on large photos.
         side = identity.input_size
-        config = dataclasses.replace(config, decode=dataclasses.replace(
-            config.decode, draft_size=(side, side)))
+        config = dataclasses.replace(
+            config, decode=dataclasses.replace(config.decode, draft_size=(side, side))
+        )
     prepare_output(config.out, config.overwrite)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     # Live progress only where workers can write beside the output (a local run).
@@ -166,6 +184,7 @@ def run_caption(config: CaptionConfig, beam_args: list[str],
     started = time.perf_counter()
     stop = threading.Event()
     if progress_dir is not None:
+
         def poll() -> None:
             while not stop.wait(0.5):
                 on_progress(read_progress(progress_dir), time.perf_counter() - started)
@@ -187,18 +206,25 @@ def run_caption(config: CaptionConfig, beam_args: list[str],
     counters = _counters(result)
     failed = {k.removeprefix("failed_"): v for k, v in counters.items() if k.startswith("failed_")}
     summary = RunSummary(
-        run_id=run_id, read=counters.get("read", 0), captioned=counters.get("captioned", 0),
-        failed=dict(sorted(failed.items())), seconds=seconds,
-        stage_seconds={s: counters.get(f"{s}_ms", 0) / 1000
-                       for s in ("read", "decode", "preprocess", "inference")},
-        model=model_name, model_version=model_version,
+        run_id=run_id,
+        read=counters.get("read", 0),
+        captioned=counters.get("captioned", 0),
+        failed=dict(sorted(failed.items())),
+        seconds=seconds,
+        stage_seconds={
+            s: counters.get(f"{s}_ms", 0) / 1000
+            for s in ("read", "decode", "preprocess", "inference")
+        },
+        model=model_name,
+        model_version=model_version,
     )
     write_run_json(config, summary, beam_args, len(shards))
     return summary
 
 
-def write_run_json(config: CaptionConfig, summary: RunSummary, beam_args: list[str],
-                   shards: int) -> None:
+def write_run_json(
+    config: CaptionConfig, summary: RunSummary, beam_args: list[str], shards: int
+) -> None:
     import torch
 
     doc = {
@@ -222,10 +248,16 @@ def write_run_json(config: CaptionConfig, summary: RunSummary, beam_args: list[s
             "failed_by_reason": summary.failed,
             "balanced": summary.balanced,
         },
-        "seconds": {"total": round(summary.seconds, 3),
-                    **{k: round(v, 3) for k, v in summary.stage_seconds.items()}},
-        "versions": {"imgindex": imgindex_version(), "apache_beam": beam.__version__,
-                     "torch": torch.__version__, "python": platform.python_version()},
+        "seconds": {
+            "total": round(summary.seconds, 3),
+            **{k: round(v, 3) for k, v in summary.stage_seconds.items()},
+        },
+        "versions": {
+            "imgindex": imgindex_version(),
+            "apache_beam": beam.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     fs, root = fsspec.core.url_to_fs(config.out)

@@ -1,4 +1,4 @@
-"""The `imgindex` command line: parses flags, builds configs, calls the packages. No logic of its own."""
+"""The `imgindex` command line: parses flags, builds configs, calls the packages."""
 
 from __future__ import annotations
 
@@ -39,35 +39,70 @@ def _error(message: str) -> None:
 
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", help="Model: a native model DIR, native:DIR, or hf:NAME_OR_PATH. "
-                 "Default: the shipped imgindex model."),
+    typer.Option(
+        "--model",
+        help="Model: a native model DIR, native:DIR, or hf:NAME_OR_PATH. "
+        "Default: the shipped imgindex model.",
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda[:N]")]
 BeamOpt = Annotated[int, typer.Option("--beam-size", help="1 = greedy.")]
 MaxLenOpt = Annotated[int, typer.Option("--max-length", help="Most words (new tokens).")]
-NumReturnOpt = Annotated[int, typer.Option(
-    "--num-return-sequences", help="Candidates kept per image (at most --beam-size).")]
-DTypeOpt = Annotated[str, typer.Option(
-    "--dtype", help="auto, float32, float16, bfloat16 (auto: bf16 on GPU, fp32 on CPU).")]
-PromptOpt = Annotated[str | None, typer.Option(
-    "--prompt", help="Instruction or task prompt for hf: models (e.g. <CAPTION>).")]
-TrustOpt = Annotated[bool, typer.Option(
-    "--trust-remote-code", help="Allow hf: models that ship Python code (Florence-2).")]
-PickleOpt = Annotated[bool, typer.Option(
-    "--allow-pickle", help="Allow hf: models with only pickled weights (pytorch_model.bin).")]
-ThreadsOpt = Annotated[int | None, typer.Option(
-    "--threads", help="torch CPU threads per process (cores / processes).")]
+NumReturnOpt = Annotated[
+    int,
+    typer.Option("--num-return-sequences", help="Candidates kept per image (at most --beam-size)."),
+]
+DTypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype", help="auto, float32, float16, bfloat16 (auto: bf16 on GPU, fp32 on CPU)."
+    ),
+]
+PromptOpt = Annotated[
+    str | None,
+    typer.Option("--prompt", help="Instruction or task prompt for hf: models (e.g. <CAPTION>)."),
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code", help="Allow hf: models that ship Python code (Florence-2)."
+    ),
+]
+PickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle", help="Allow hf: models with only pickled weights (pytorch_model.bin)."
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="torch CPU threads per process (cores / processes).")
+]
 
 
-def _captioner_options(device: str, beam_size: int, max_length: int, num_return: int,
-                       dtype: str, prompt: str | None, trust_remote_code: bool,
-                       allow_pickle: bool, threads: int | None):
+def _captioner_options(
+    device: str,
+    beam_size: int,
+    max_length: int,
+    num_return: int,
+    dtype: str,
+    prompt: str | None,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+    threads: int | None,
+):
     from captioning.backends import CaptionerOptions
 
-    return CaptionerOptions(device=device, beam_size=beam_size, max_length=max_length,
-                            num_return_sequences=num_return, dtype=dtype, prompt=prompt,
-                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                            threads=threads)
+    return CaptionerOptions(
+        device=device,
+        beam_size=beam_size,
+        max_length=max_length,
+        num_return_sequences=num_return,
+        dtype=dtype,
+        prompt=prompt,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        threads=threads,
+    )
 
 
 @app.command("sample-archive")
@@ -84,8 +119,10 @@ def sample_archive(
 
     config = ArchiveConfig(images=images, shards=shards, seed=seed, format=fmt, workers=workers)
     files = write_archive(out_dir, config)
-    err.print(f"wrote {images} images ({fmt}, {len(files) if fmt != 'folder' else 1} "
-              f"shard(s)) to {out_dir}")
+    err.print(
+        f"wrote {images} images ({fmt}, {len(files) if fmt != 'folder' else 1} "
+        f"shard(s)) to {out_dir}"
+    )
 
 
 @app.command()
@@ -98,13 +135,21 @@ def train(
     image_size: Annotated[int, typer.Option("--image-size")] = 96,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     patience: Annotated[int, typer.Option("--patience")] = 4,
-    alpha_c: Annotated[float, typer.Option(
-        "--alpha-c", help="Weight of the doubly stochastic attention regulariser.")] = 0.05,
-    concept_weight: Annotated[float, typer.Option(
-        "--concept-weight", help="Weight of the auxiliary bag-of-words loss (0 = off).")] = 1.0,
+    alpha_c: Annotated[
+        float,
+        typer.Option("--alpha-c", help="Weight of the doubly stochastic attention regulariser."),
+    ] = 0.05,
+    concept_weight: Annotated[
+        float,
+        typer.Option(
+            "--concept-weight", help="Weight of the auxiliary bag-of-words loss (0 = off)."
+        ),
+    ] = 1.0,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most N images.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue after the last epoch.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue after the last epoch.")
+    ] = False,
     workers: Annotated[int, typer.Option("--workers", help="Decoding processes.")] = 2,
 ) -> None:
     """Train the Show-Attend-Tell captioner on an archive with caption sidecars."""
@@ -115,35 +160,53 @@ def train(
     from captioning.train import TrainConfig
     from captioning.train import train as run_training
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed,
-                         patience=patience, alpha_c=alpha_c, concept_weight=concept_weight)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        seed=seed,
+        patience=patience,
+        alpha_c=alpha_c,
+        concept_weight=concept_weight,
+    )
     if threads:
         torch.set_num_threads(threads)
     if resume and not (out_dir / ".train-state" / "state.json").is_file():
         _fail(f"--resume: {out_dir} has no training state to resume from")
     if not resume and (out_dir / "model.safetensors").exists():
-        _fail(f"{out_dir} already holds a model: pass --resume to continue it or pick another --out")
+        _fail(
+            f"{out_dir} already holds a model: pass --resume to continue it or pick another --out"
+        )
     torch.manual_seed(seed)
     err.print(f"decoding training images from {data} ...")
     dataset = load_training_data(data, image_size, workers=workers, limit=limit)
     err.print(f"{len(dataset.examples)} images ready; left out: {dict(dataset.skipped) or 'none'}")
-    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[val]}"),
-                  TimeRemainingColumn(), console=err) as progress:
+    with Progress(
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TextColumn("{task.fields[val]}"),
+        TimeRemainingColumn(),
+        console=err,
+    ) as progress:
         task = progress.add_task("train", total=None, epoch=0, loss=0.0, val="")
 
         def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
             progress.update(task, total=steps, completed=step, epoch=epoch, loss=loss)
 
         def on_epoch(r) -> None:  # noqa: ANN001 - EpochReport
-            attr = "" if r.val_attribute_accuracy is None else f" attr {r.val_attribute_accuracy:.3f}"
+            attr = (
+                "" if r.val_attribute_accuracy is None else f" attr {r.val_attribute_accuracy:.3f}"
+            )
             msg = f"val CIDEr {r.val_cider:.3f}{attr}, {r.images_per_second:.0f} img/s"
             progress.update(task, val=msg)
-            progress.console.print(f"epoch {r.epoch}: loss {r.train_loss:.4f}, {msg}"
-                                   + (" (best)" if r.best else ""))
+            progress.console.print(
+                f"epoch {r.epoch}: loss {r.train_loss:.4f}, {msg}" + (" (best)" if r.best else "")
+            )
 
-        reports = run_training(dataset, out_dir, config, resume=resume, on_step=on_step,
-                               on_epoch=on_epoch)
+        reports = run_training(
+            dataset, out_dir, config, resume=resume, on_step=on_step, on_epoch=on_epoch
+        )
     best = max(reports, key=lambda r: r.val_cider)
     err.print(f"best epoch {best.epoch}: val CIDEr {best.val_cider:.3f}; model in {out_dir}")
 
@@ -184,8 +247,17 @@ def describe(
     """Caption image files; unreadable files get a one-line error and a non-zero exit code."""
     from captioning.backends import load_captioner
 
-    options = _captioner_options(device, beam_size, max_length, num_return, dtype, prompt,
-                                 trust_remote_code, allow_pickle, threads)
+    options = _captioner_options(
+        device,
+        beam_size,
+        max_length,
+        num_return,
+        dtype,
+        prompt,
+        trust_remote_code,
+        allow_pickle,
+        threads,
+    )
     captioner = load_captioner(model, options)
     good, bad = _read_images(images)
     for p, reason in bad:
@@ -260,19 +332,33 @@ def evaluate(
     out.print(table)
 
 
-BEAM_ARGS_HELP = "Beam pipeline options go after `--`, e.g. -- --runner DirectRunner --direct_num_workers=2"
+BEAM_ARGS_HELP = (
+    "Beam pipeline options go after `--`, e.g. -- --runner DirectRunner --direct_num_workers=2"
+)
 
 
-def _caption_config(input_: str, out_dir: str, model: str | None, batch_size: int,
-                    captioner, overwrite: bool, image_column: str,
-                    model_copies: int | None):
+def _caption_config(
+    input_: str,
+    out_dir: str,
+    model: str | None,
+    batch_size: int,
+    captioner,
+    overwrite: bool,
+    image_column: str,
+    model_copies: int | None,
+):
     from captioning.shards import ReadConfig
     from pipelines.caption_pipeline import CaptionConfig
 
     return CaptionConfig(
-        input=input_, out=out_dir, model=model, batch_size=batch_size, overwrite=overwrite,
+        input=input_,
+        out=out_dir,
+        model=model,
+        batch_size=batch_size,
+        overwrite=overwrite,
         captioner=captioner,
-        read=ReadConfig(image_column=image_column), model_copies=model_copies,
+        read=ReadConfig(image_column=image_column),
+        model_copies=model_copies,
     )
 
 
@@ -282,11 +368,14 @@ def _run_caption_with_display(config, beam_args: list[str]):
     from pipelines.caption_pipeline import run_caption
 
     with Live(console=err, refresh_per_second=4, transient=True) as live:
+
         def on_progress(counts: dict[str, int], seconds: float) -> None:
             done = counts["captioned"] + counts["failed"]
             rate = done / seconds if seconds > 0 else 0.0
-            live.update(f"[bold]{done}[/] images done, {rate:.1f} images/s, "
-                        f"{counts['failed']} failed, {seconds:.0f} s")
+            live.update(
+                f"[bold]{done}[/] images done, {rate:.1f} images/s, "
+                f"{counts['failed']} failed, {seconds:.0f} s"
+            )
 
         summary = run_caption(config, beam_args, on_progress=on_progress)
     table = Table(title=f"caption run {summary.run_id}")
@@ -300,19 +389,29 @@ def _run_caption_with_display(config, beam_args: list[str]):
     table.add_row("images/s", f"{summary.read / max(summary.seconds, 1e-9):.1f}")
     err.print(table)
     verdict = "every image is accounted for" if summary.balanced else "COUNTS DO NOT ADD UP"
-    err.print(f"read {summary.read} = captioned {summary.captioned} + failed "
-              f"{summary.failed_total}: {verdict}. Output in {config.out}", soft_wrap=True)
+    err.print(
+        f"read {summary.read} = captioned {summary.captioned} + failed "
+        f"{summary.failed_total}: {verdict}. Output in {config.out}",
+        soft_wrap=True,
+    )
     if not summary.balanced:
         raise typer.Exit(1)
     return summary
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             epilog=BEAM_ARGS_HELP)
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog=BEAM_ARGS_HELP,
+)
 def caption(
     ctx: typer.Context,
-    input_: Annotated[str, typer.Argument(metavar="INPUT", help="Folder, tar/Parquet shards, "
-                                          "glob or brace pattern; any fsspec URL.")],
+    input_: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="Folder, tar/Parquet shards, glob or brace pattern; any fsspec URL.",
+        ),
+    ],
     out_dir: Annotated[str, typer.Option("--out", help="Output folder (or fsspec URL).")],
     model: ModelOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
@@ -326,45 +425,80 @@ def caption(
     allow_pickle: PickleOpt = False,
     threads: ThreadsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
-    image_column: Annotated[str, typer.Option("--image-column",
-                                              help="Parquet column with image bytes.")] = "jpg",
-    model_copies: Annotated[int | None, typer.Option("--model-copies", help="Share the model "
-                            "across a worker's processes, N copies.")] = None,
+    image_column: Annotated[
+        str, typer.Option("--image-column", help="Parquet column with image bytes.")
+    ] = "jpg",
+    model_copies: Annotated[
+        int | None,
+        typer.Option(
+            "--model-copies", help="Share the model across a worker's processes, N copies."
+        ),
+    ] = None,
 ) -> None:
     """Caption an archive with a Beam pipeline: captions and failures to Parquet."""
-    options = _captioner_options(device, beam_size, max_length, num_return, dtype, prompt,
-                                 trust_remote_code, allow_pickle, threads)
-    config = _caption_config(input_, out_dir, model, batch_size, options, overwrite,
-                             image_column, model_copies)
+    options = _captioner_options(
+        device,
+        beam_size,
+        max_length,
+        num_return,
+        dtype,
+        prompt,
+        trust_remote_code,
+        allow_pickle,
+        threads,
+    )
+    config = _caption_config(
+        input_, out_dir, model, batch_size, options, overwrite, image_column, model_copies
+    )
     _run_caption_with_display(config, list(ctx.args))
 
 
-def _index(captions_dir: str, index_dir: str, embedder: str | None, batch_size: int,
-           overwrite: bool, beam_args: list[str]):
+def _index(
+    captions_dir: str,
+    index_dir: str,
+    embedder: str | None,
+    batch_size: int,
+    overwrite: bool,
+    beam_args: list[str],
+):
     from indexing.embed import DEFAULT_EMBEDDER
     from pipelines.index_pipeline import IndexConfig, run_index
 
-    config = IndexConfig(captions_dir=captions_dir, out_dir=index_dir,
-                         embedder=embedder or DEFAULT_EMBEDDER, batch_size=batch_size,
-                         overwrite=overwrite)
+    config = IndexConfig(
+        captions_dir=captions_dir,
+        out_dir=index_dir,
+        embedder=embedder or DEFAULT_EMBEDDER,
+        batch_size=batch_size,
+        overwrite=overwrite,
+    )
     with err.status("embedding captions and building the index ..."):
         summary = run_index(config, beam_args)
-    err.print(f"indexed {summary.count} captions ({summary.dimension}-d) in "
-              f"{summary.seconds:.1f} s: {summary.out_dir}")
+    err.print(
+        f"indexed {summary.count} captions ({summary.dimension}-d) in "
+        f"{summary.seconds:.1f} s: {summary.out_dir}"
+    )
     return summary
 
 
-EmbedderOpt = Annotated[str | None, typer.Option(
-    "--embedder", help="sentence-transformers model name or local directory. "
-    "Default: all-MiniLM-L6-v2 (packaged, offline).")]
+EmbedderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--embedder",
+        help="sentence-transformers model name or local directory. "
+        "Default: all-MiniLM-L6-v2 (packaged, offline).",
+    ),
+]
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             epilog=BEAM_ARGS_HELP)
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog=BEAM_ARGS_HELP,
+)
 def index(
     ctx: typer.Context,
-    captions_dir: Annotated[str, typer.Argument(metavar="OUT",
-                                                help="A caption run's output folder.")],
+    captions_dir: Annotated[
+        str, typer.Argument(metavar="OUT", help="A caption run's output folder.")
+    ],
     index_dir: Annotated[str, typer.Option("--out", help="Index folder to write.")],
     embedder: EmbedderOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
@@ -374,12 +508,16 @@ def index(
     _index(captions_dir, index_dir, embedder, batch_size, overwrite, list(ctx.args))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             epilog=BEAM_ARGS_HELP)
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog=BEAM_ARGS_HELP,
+)
 def run(
     ctx: typer.Context,
     input_: Annotated[str, typer.Argument(metavar="INPUT", help="Images to caption and index.")],
-    out_dir: Annotated[str, typer.Option("--out", help="Output folder; the index goes to OUT/index.")],
+    out_dir: Annotated[
+        str, typer.Option("--out", help="Output folder; the index goes to OUT/index.")
+    ],
     model: ModelOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     device: DeviceOpt = "auto",
@@ -396,10 +534,20 @@ def run(
     embedder: EmbedderOpt = None,
 ) -> None:
     """Caption + index in one go."""
-    options = _captioner_options(device, beam_size, max_length, num_return, dtype, prompt,
-                                 trust_remote_code, allow_pickle, threads)
-    config = _caption_config(input_, out_dir, model, batch_size, options, overwrite,
-                             image_column, None)
+    options = _captioner_options(
+        device,
+        beam_size,
+        max_length,
+        num_return,
+        dtype,
+        prompt,
+        trust_remote_code,
+        allow_pickle,
+        threads,
+    )
+    config = _caption_config(
+        input_, out_dir, model, batch_size, options, overwrite, image_column, None
+    )
     _run_caption_with_display(config, list(ctx.args))
     _index(out_dir, f"{out_dir.rstrip('/')}/index", embedder, 256, overwrite, list(ctx.args))
 
@@ -417,12 +565,26 @@ def search(
     hits = open_index(index_dir).search(query, k)
     if as_json:
         for h in hits:
-            print(json.dumps({"rank": h.rank, "score": round(h.score, 6), "key": h.key,
-                              "caption": h.caption, "source": h.source, "member": h.member}))
+            print(
+                json.dumps(
+                    {
+                        "rank": h.rank,
+                        "score": round(h.score, 6),
+                        "key": h.key,
+                        "caption": h.caption,
+                        "source": h.source,
+                        "member": h.member,
+                    }
+                )
+            )
         return
     table = Table(title=f"“{query}”")
-    for col, just in (("rank", "right"), ("score", "right"), ("caption", "left"),
-                      ("source", "left")):
+    for col, just in (
+        ("rank", "right"),
+        ("score", "right"),
+        ("caption", "left"),
+        ("source", "left"),
+    ):
         table.add_column(col, justify=just)
     for h in hits:
         table.add_row(str(h.rank), f"{h.score:.3f}", h.caption, f"{h.source} :: {h.member}")
@@ -433,8 +595,10 @@ def main() -> None:
     """Entry point: known bad input becomes one clear line and exit code 2, never a traceback."""
     # Our own progress display is enough; transformers would add a bar per model load.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    logging.basicConfig(level=os.environ.get("IMGINDEX_LOG", "WARNING"),
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("IMGINDEX_LOG", "WARNING"),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     # Beam warns about Google Cloud client libraries on import; we need none for local runs.
     logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
     from captioning.checkpoint import CheckpointError
@@ -443,8 +607,14 @@ def main() -> None:
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
         code = app(standalone_mode=False)
-    except (UsageError, InputError, CheckpointError, FileExistsError, FileNotFoundError,
-            ValueError) as e:
+    except (
+        UsageError,
+        InputError,
+        CheckpointError,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         _error(" ".join(str(e).split()))
         sys.exit(2)
     except typer.Exit as e:

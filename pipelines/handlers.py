@@ -34,12 +34,18 @@ class CaptionFailure:
 class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner]):
     """Keyed by ImageInput: the record itself carries key, source and member to the output."""
 
-    def __init__(self, model_spec: str | None, options: CaptionerOptions, batch_size: int,
-                 model_copies: int | None = None):
+    def __init__(
+        self,
+        model_spec: str | None,
+        options: CaptionerOptions,
+        batch_size: int,
+        model_copies: int | None = None,
+    ):
         # min = max: every batch is full except a bundle's last; Beam's adaptive sizing would
         # otherwise start at one image per batch, and our throughput depends on big batches.
-        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size,
-                         model_copies=model_copies)
+        super().__init__(
+            min_batch_size=batch_size, max_batch_size=batch_size, model_copies=model_copies
+        )
         self._spec = model_spec
         self._options = options
         self._inference_ms = Metrics.distribution(NAMESPACE, "inference_ms_per_batch")
@@ -49,8 +55,9 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
 
     def load_model(self) -> Captioner:
         captioner = load_captioner(self._spec, self._options)
-        logger.info("loaded captioner %s %s in process %d", captioner.name, captioner.version,
-                    os.getpid())
+        logger.info(
+            "loaded captioner %s %s in process %d", captioner.name, captioner.version, os.getpid()
+        )
         if log := os.environ.get(LOAD_LOG_ENV):  # lets a test count model loads across processes
             with open(log, "a") as f:
                 f.write(f"{os.getpid()}\n")
@@ -63,8 +70,12 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
         # The default pickles the whole batch just to measure it.
         return sum(x.width * x.height * 3 for x in batch)
 
-    def run_inference(self, batch: Sequence[ImageInput], model: Captioner,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+    def run_inference(
+        self,
+        batch: Sequence[ImageInput],
+        model: Captioner,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
         started = time.perf_counter()
         if self._preprocess is None:
             # Fetched once: with a shared model `model` is a proxy, and each call a round trip.

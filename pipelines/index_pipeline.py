@@ -416,8 +416,9 @@ def run_index(config: IndexConfig, beam_args: Sequence[str] | None = None) -> In
     Args:
         config: what to index and where.
         beam_args: Beam pipeline flags (e.g. ["--runner=DirectRunner"]); the local in-process
-            runner (pipelines.options.LOCAL_RUNNER) when no runner is given. WriteIndex writes to the local disk of the worker that runs it,
-            so use a local runner (or a worker that shares out_dir's filesystem).
+            runner (pipelines.options.LOCAL_RUNNER) when no runner is given. WriteIndex writes
+            to the local disk of the worker that runs it, so use a local runner (or a worker
+            that shares out_dir's filesystem).
 
     Returns:
         The summary, read back from the written manifest.

@@ -1,4 +1,4 @@
-"""The typed records that flow between pipeline stages, and the Parquet schemas they are written with.
+"""Typed records that flow between pipeline stages, and the Parquet schemas they are written with.
 
 Every listed image ends as exactly one CaptionRow or one FailureRow.
 """

@@ -51,9 +51,18 @@ class ReadShard(beam.DoFn):
             if entry.data is None:
                 reason = entry.error or "read_error"
                 _failed(reason)
-                yield beam.pvalue.TaggedOutput(FAILURES, FailureRow(
-                    entry.key, entry.source, entry.member, "read", reason,
-                    entry.message or reason, self._run_id))
+                yield beam.pvalue.TaggedOutput(
+                    FAILURES,
+                    FailureRow(
+                        entry.key,
+                        entry.source,
+                        entry.member,
+                        "read",
+                        reason,
+                        entry.message or reason,
+                        self._run_id,
+                    ),
+                )
             else:
                 yield entry
 
@@ -65,10 +74,19 @@ def decode_entry(entry: ShardEntry, config: DecodeConfig, run_id: str) -> ImageI
     try:
         decoded = decode_image(entry.data, config)
     except DecodeError as e:
-        return FailureRow(entry.key, entry.source, entry.member, "decode", e.reason, e.message,
-                          run_id)
-    return ImageInput(entry.key, entry.source, entry.member, digest, decoded.width,
-                      decoded.height, decoded.format, decoded.image)
+        return FailureRow(
+            entry.key, entry.source, entry.member, "decode", e.reason, e.message, run_id
+        )
+    return ImageInput(
+        entry.key,
+        entry.source,
+        entry.member,
+        digest,
+        decoded.width,
+        decoded.height,
+        decoded.format,
+        decoded.image,
+    )
 
 
 class DecodeImages(beam.DoFn):
@@ -122,8 +140,7 @@ class DecodeImages(beam.DoFn):
 class ToRows(beam.DoFn):
     """RunInference's PredictionResult -> a CaptionRow (main) or a FailureRow (FAILURES)."""
 
-    def __init__(self, run_id: str, model_name: str, model_version: str,
-                 progress_dir: str | None):
+    def __init__(self, run_id: str, model_name: str, model_version: str, progress_dir: str | None):
         self._run_id, self._model, self._version = run_id, model_name, model_version
         self._progress_dir = progress_dir
         self._captioned = Metrics.counter(NAMESPACE, "captioned")
@@ -138,18 +155,31 @@ class ToRows(beam.DoFn):
             _failed(out.error_type)
             if self._progress:
                 self._progress.add(failed=1)
-            yield beam.pvalue.TaggedOutput(FAILURES, FailureRow(
-                x.key, x.source, x.member, "caption", out.error_type, out.message, self._run_id))
+            yield beam.pvalue.TaggedOutput(
+                FAILURES,
+                FailureRow(
+                    x.key, x.source, x.member, "caption", out.error_type, out.message, self._run_id
+                ),
+            )
             return
         assert isinstance(out, CaptionResult)
         self._captioned.inc()
         if self._progress:
             self._progress.add(captioned=1)
         yield CaptionRow(
-            key=x.key, source=x.source, member=x.member, sha256=x.sha256, width=x.width,
-            height=x.height, format=x.format, caption=out.caption,
-            candidates=list(out.candidates), model=self._model, model_version=self._version,
-            run_id=self._run_id, captioned_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            key=x.key,
+            source=x.source,
+            member=x.member,
+            sha256=x.sha256,
+            width=x.width,
+            height=x.height,
+            format=x.format,
+            caption=out.caption,
+            candidates=list(out.candidates),
+            model=self._model,
+            model_version=self._version,
+            run_id=self._run_id,
+            captioned_at=datetime.now(UTC).isoformat(timespec="seconds"),
         ).to_dict()
 
     def teardown(self) -> None:

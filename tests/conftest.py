@@ -25,10 +25,22 @@ def build_tiny_checkpoint(directory):
     from captioning.vocab import Vocabulary
 
     torch.manual_seed(0)
-    vocab = Vocabulary.build(["a large red circle left of a small blue square",
-                              "two green triangles", "a small yellow star"])
-    config = ModelConfig(vocab_size=len(vocab), image_size=32, encoder_channels=(8, 16),
-                         embed_dim=16, hidden_dim=32, attention_dim=16, max_length=8)
+    vocab = Vocabulary.build(
+        [
+            "a large red circle left of a small blue square",
+            "two green triangles",
+            "a small yellow star",
+        ]
+    )
+    config = ModelConfig(
+        vocab_size=len(vocab),
+        image_size=32,
+        encoder_channels=(8, 16),
+        embed_dim=16,
+        hidden_dim=32,
+        attention_dim=16,
+        max_length=8,
+    )
     model = CaptionModel(config).eval()
     return save_checkpoint(directory, Checkpoint(model, vocab, "tiny", "t1"))
 

@@ -44,18 +44,22 @@ def query_for(truth: dict, rng: random.Random) -> Query:
     objs = [(o["color"], o["shape"]) for o in truth["objects"]]
     counts = Counter(objs)
     if truth["relation"]:
-        (a, b), sizes = objs, {objs[0]: truth["objects"][0]["size"],
-                               objs[1]: truth["objects"][1]["size"]}
+        (a, b), sizes = (
+            objs,
+            {objs[0]: truth["objects"][0]["size"], objs[1]: truth["objects"][1]["size"]},
+        )
         rel = truth["relation"]
         if rng.random() < 0.5:  # say it the other way round half of the time
             a, b, rel = b, a, INVERSE_RELATION[rel]
-        text = (f"{_article(sizes[a])} {sizes[a]} {a[0]} {a[1]} {rel} "
-                f"{_article(b[0])} {b[0]} {b[1]}")
+        text = f"{_article(sizes[a])} {sizes[a]} {a[0]} {a[1]} {rel} {_article(b[0])} {b[0]} {b[1]}"
         return Query(text, counts, {a: sizes[a]}, (a, rel, b))
     parts = []
     for (color, shape), n in counts.items():
-        parts.append(f"{NUMBER_WORDS[n]} {color} {PLURALS[shape]}" if n > 1
-                     else f"{_article(color)} {color} {shape}")
+        parts.append(
+            f"{NUMBER_WORDS[n]} {color} {PLURALS[shape]}"
+            if n > 1
+            else f"{_article(color)} {color} {shape}"
+        )
     rng.shuffle(parts)
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return Query(text, counts, None, None)
@@ -84,9 +88,15 @@ def indexed_world(tmp_path_factory):
     archive = root / "world"
     write_archive(str(archive), ArchiveConfig(images=IMAGES, shards=8, seed=SEED, format="tar"))
     out = root / "run"
-    summary = run_caption(CaptionConfig(input=str(archive), out=str(out), batch_size=64,
-                                        captioner=CaptionerOptions(device="cpu", beam_size=3)),
-                          [])
+    summary = run_caption(
+        CaptionConfig(
+            input=str(archive),
+            out=str(out),
+            batch_size=64,
+            captioner=CaptionerOptions(device="cpu", beam_size=3),
+        ),
+        [],
+    )
     assert summary.read == IMAGES and summary.captioned == IMAGES and summary.balanced
     run_index(IndexConfig(captions_dir=str(out), out_dir=str(root / "index")), [])
     truths = {}
@@ -107,8 +117,11 @@ def test_text_queries_find_a_matching_image_in_the_top_5(indexed_world):
     keys = sorted(truths)
     queries = [query_for(truths[k], rng) for k in keys]
     results = index.search_many([q.text for q in queries], k=5)
-    found = [any(matches(q, truths[h.key]) for h in hits) for q, hits in zip(queries, results)]
-    misses = [q.text for q, ok in zip(queries, found) if not ok]
+    found = [
+        any(matches(q, truths[h.key]) for h in hits)
+        for q, hits in zip(queries, results, strict=True)
+    ]
+    misses = [q.text for q, ok in zip(queries, found, strict=True) if not ok]
     recall = sum(found) / len(found)
     assert recall >= 0.95, f"top-5 hit rate {recall:.3f}; misses e.g. {misses[:10]}"
 
@@ -124,15 +137,20 @@ def test_the_captions_table_has_provenance(indexed_world):
 
 
 def test_query_matching_rules():
-    truth = {"objects": [{"color": "red", "shape": "circle", "size": "large"},
-                         {"color": "blue", "shape": "square", "size": "small"}],
-             "relation": "left of"}
+    truth = {
+        "objects": [
+            {"color": "red", "shape": "circle", "size": "large"},
+            {"color": "blue", "shape": "square", "size": "small"},
+        ],
+        "relation": "left of",
+    }
     base = Counter({("red", "circle"): 1, ("blue", "square"): 1})
-    assert matches(Query("", base, None, (("red", "circle"), "left of", ("blue", "square"))),
-                   truth)
-    assert matches(Query("", base, None, (("blue", "square"), "right of", ("red", "circle"))),
-                   truth)
-    assert not matches(Query("", base, None, (("red", "circle"), "above", ("blue", "square"))),
-                       truth)
+    assert matches(Query("", base, None, (("red", "circle"), "left of", ("blue", "square"))), truth)
+    assert matches(
+        Query("", base, None, (("blue", "square"), "right of", ("red", "circle"))), truth
+    )
+    assert not matches(
+        Query("", base, None, (("red", "circle"), "above", ("blue", "square"))), truth
+    )
     assert not matches(Query("", base, {("red", "circle"): "small"}, None), truth)
     assert not matches(Query("", Counter({("red", "circle"): 2}), None, None), truth)

@@ -15,13 +15,20 @@ import torch
 
 FAMILIES = ("blip", "git", "vision-encoder-decoder", "blip-2", "image-text-to-text")
 
-WORDS = ("a an the of on in with and is are there two three red blue green yellow black white "
-         "circle square star triangle small large big cat dog man woman picture photo image "
-         "describe this one sentence left right above below next to . ,").split()
+WORDS = (
+    "a an the of on in with and is are there two three red blue green yellow black white "
+    "circle square star triangle small large big cat dog man woman picture photo image "
+    "describe this one sentence left right above below next to . ,"
+).split()
 
 # Small enough for a test, deep enough (2 layers) to exercise caches and cross-attention.
-_TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 2, "initializer_range": 0.3}
+_TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "initializer_range": 0.3,
+}
 TINY_IMAGE = 32
 TINY_PATCH = 8
 
@@ -30,8 +37,13 @@ def _bert_tokenizer(size: int | None, specials: dict[str, int]):
     """A WordPiece BertTokenizer; `specials` pins ids ({"[PAD]": 0, ...}); `size` pads the vocab."""
     from transformers import BertTokenizer
 
-    rest = [w for w in WORDS + [c for c in "abcdefghijklmnopqrstuvwxyz"]
-            + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"] if w not in specials]
+    rest = [
+        w
+        for w in WORDS
+        + [c for c in "abcdefghijklmnopqrstuvwxyz"]
+        + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+        if w not in specials
+    ]
     total = size if size is not None else len(specials) + len(rest)
     vocab: list[str | None] = [None] * total
     for tok, i in specials.items():
@@ -92,17 +104,30 @@ def build_blip(out_dir: Path, size: str = "tiny") -> Path:
     )
 
     if size == "tiny":
-        tok = _bert_tokenizer(None, {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4,
-                                     "[DEC]": 5})
-        text = dict(_TINY, vocab_size=len(tok), bos_token_id=5, sep_token_id=3, eos_token_id=3,
-                    pad_token_id=0, max_position_embeddings=64)
-        config = BlipConfig(vision_config=_vision(size, 384, 16), text_config=text,
-                            projection_dim=32)
+        tok = _bert_tokenizer(
+            None, {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "[DEC]": 5}
+        )
+        text = dict(
+            _TINY,
+            vocab_size=len(tok),
+            bos_token_id=5,
+            sep_token_id=3,
+            eos_token_id=3,
+            pad_token_id=0,
+            max_position_embeddings=64,
+        )
+        config = BlipConfig(
+            vision_config=_vision(size, 384, 16), text_config=text, projection_dim=32
+        )
     else:  # Salesforce/blip-image-captioning-base: ViT-B/16 at 384, BERT-base decoder
-        tok = _bert_tokenizer(30524, {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102,
-                                      "[MASK]": 103, "[DEC]": 30522})
-        config = BlipConfig(vision_config={"image_size": 384},
-                            text_config={"sep_token_id": 102, "eos_token_id": 102})
+        tok = _bert_tokenizer(
+            30524,
+            {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, "[DEC]": 30522},
+        )
+        config = BlipConfig(
+            vision_config={"image_size": 384},
+            text_config={"sep_token_id": 102, "eos_token_id": 102},
+        )
     image = TINY_IMAGE if size == "tiny" else 384
     processor = BlipProcessor(BlipImageProcessor(size={"height": image, "width": image}), tok)
     torch.manual_seed(0)
@@ -114,16 +139,24 @@ def build_git(out_dir: Path, size: str = "tiny") -> Path:
 
     if size == "tiny":
         tok = _bert_tokenizer(None, {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4})
-        config = GitConfig(vision_config=_vision(size, 224, 16), vocab_size=len(tok),
-                           bos_token_id=2, eos_token_id=3, pad_token_id=0,
-                           max_position_embeddings=64, **_TINY)
+        config = GitConfig(
+            vision_config=_vision(size, 224, 16),
+            vocab_size=len(tok),
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
+            max_position_embeddings=64,
+            **_TINY,
+        )
     else:  # microsoft/git-base: CLIP ViT-B/16 at 224, 6-layer BERT-base-wide decoder
-        tok = _bert_tokenizer(30522, {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102,
-                                      "[MASK]": 103})
+        tok = _bert_tokenizer(
+            30522, {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+        )
         config = GitConfig()
     image = TINY_IMAGE if size == "tiny" else 224
-    improc = CLIPImageProcessor(size={"shortest_edge": image},
-                                crop_size={"height": image, "width": image})
+    improc = CLIPImageProcessor(
+        size={"shortest_edge": image}, crop_size={"height": image, "width": image}
+    )
     torch.manual_seed(0)
     return _save(GitForCausalLM(config).eval(), out_dir, GitProcessor(improc, tok))
 
@@ -141,8 +174,15 @@ def build_vision_encoder_decoder(out_dir: Path, size: str = "tiny") -> Path:
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     if size == "tiny":
         enc = ViTConfig(**_vision(size, 224, 16))
-        dec = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                         bos_token_id=eos, eos_token_id=eos)
+        dec = GPT2Config(
+            vocab_size=len(tok),
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            bos_token_id=eos,
+            eos_token_id=eos,
+        )
     else:  # nlpconnect/vit-gpt2-image-captioning: ViT-base at 224 + GPT-2 small
         enc, dec = ViTConfig(), GPT2Config()
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
@@ -168,24 +208,58 @@ def build_blip_2(out_dir: Path, size: str = "tiny") -> Path:
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     image_token = tok.convert_tokens_to_ids("<image>")
     queries = 4 if size == "tiny" else 32
-    common = {"vocab_size": len(tok), "bos_token_id": eos, "eos_token_id": eos,
-              "pad_token_id": tok.pad_token_id}
+    common = {
+        "vocab_size": len(tok),
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "pad_token_id": tok.pad_token_id,
+    }
     if size == "tiny":
-        text = dict(common, model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                    num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=128)
+        text = dict(
+            common,
+            model_type="opt",
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            word_embed_proj_dim=32,
+            max_position_embeddings=128,
+        )
         qformer = dict(_TINY, encoder_hidden_size=32, vocab_size=64)
     else:  # ViT-B/16 vision, Q-Former base, OPT-125m: a CPU-sized stand-in for BLIP-2
-        text = dict(common, model_type="opt", hidden_size=768, ffn_dim=3072, num_hidden_layers=12,
-                    num_attention_heads=12, word_embed_proj_dim=768)
+        text = dict(
+            common,
+            model_type="opt",
+            hidden_size=768,
+            ffn_dim=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            word_embed_proj_dim=768,
+        )
         qformer = {"encoder_hidden_size": 768}
-    vision = _vision(size, 224, 16) if size == "tiny" else {
-        "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "image_size": 224, "patch_size": 16}
-    config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text,
-                         num_query_tokens=queries, image_token_index=image_token)
+    vision = (
+        _vision(size, 224, 16)
+        if size == "tiny"
+        else {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 224,
+            "patch_size": 16,
+        }
+    )
+    config = Blip2Config(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text,
+        num_query_tokens=queries,
+        image_token_index=image_token,
+    )
     image = TINY_IMAGE if size == "tiny" else 224
-    processor = Blip2Processor(BlipImageProcessor(size={"height": image, "width": image}), tok,
-                               num_query_tokens=queries)
+    processor = Blip2Processor(
+        BlipImageProcessor(size={"height": image, "width": image}), tok, num_query_tokens=queries
+    )
     torch.manual_seed(0)
     return _save(Blip2ForConditionalGeneration(config).eval(), out_dir, processor)
 
@@ -209,27 +283,46 @@ def build_image_text_to_text(out_dir: Path, size: str = "tiny") -> Path:
     tok = _bpe_tokenizer(None if size == "tiny" else 49152, extra=("<image>", "<pad>"))
     tok.pad_token = "<pad>"
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    common = {"vocab_size": len(tok), "bos_token_id": eos, "eos_token_id": eos,
-              "pad_token_id": tok.pad_token_id}
+    common = {
+        "vocab_size": len(tok),
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "pad_token_id": tok.pad_token_id,
+    }
     if size == "tiny":
         vision = dict(_TINY, image_size=TINY_IMAGE, patch_size=TINY_PATCH, projection_dim=32)
         text = dict(_TINY, **common, num_key_value_heads=1, max_position_embeddings=256)
     else:  # CLIP ViT-B/16 at 224 + a SmolLM-135M-shaped Llama: a small VLM such as SmolVLM-256M
         vision = {"image_size": 224, "patch_size": 16}
-        text = dict(common, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
-    config = LlavaConfig(vision_config=dict(vision, model_type="clip_vision_model"),
-                         text_config=dict(text, model_type="llama"),
-                         image_token_id=tok.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-1, vision_feature_select_strategy="default")
+        text = dict(
+            common,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            tie_word_embeddings=True,
+        )
+    config = LlavaConfig(
+        vision_config=dict(vision, model_type="clip_vision_model"),
+        text_config=dict(text, model_type="llama"),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
     image = TINY_IMAGE if size == "tiny" else 224
-    improc = CLIPImageProcessor(size={"shortest_edge": image},
-                                crop_size={"height": image, "width": image})
-    processor = LlavaProcessor(image_processor=improc, tokenizer=tok,
-                               patch_size=TINY_PATCH if size == "tiny" else 16,
-                               vision_feature_select_strategy="default",
-                               chat_template=CHAT_TEMPLATE, image_token="<image>",
-                               num_additional_image_tokens=1)
+    improc = CLIPImageProcessor(
+        size={"shortest_edge": image}, crop_size={"height": image, "width": image}
+    )
+    processor = LlavaProcessor(
+        image_processor=improc,
+        tokenizer=tok,
+        patch_size=TINY_PATCH if size == "tiny" else 16,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
     torch.manual_seed(0)
     return _save(LlavaForConditionalGeneration(config).eval(), out_dir, processor)
 
@@ -251,9 +344,14 @@ def build(family: str, out_dir: Path, size: str = "tiny") -> Path:
 def write_remote_code_config(out_dir: Path) -> Path:
     """A Florence-2-style directory whose config.json needs remote code (has `auto_map`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    auto_map = {"AutoConfig": "configuration_florence2.Florence2Config",
-                "AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration"}
-    config = {"model_type": "florence2", "auto_map": auto_map,
-              "architectures": ["Florence2ForConditionalGeneration"]}
+    auto_map = {
+        "AutoConfig": "configuration_florence2.Florence2Config",
+        "AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration",
+    }
+    config = {
+        "model_type": "florence2",
+        "auto_map": auto_map,
+        "architectures": ["Florence2ForConditionalGeneration"],
+    }
     (out_dir / "config.json").write_text(json.dumps(config))
     return out_dir

@@ -312,10 +312,13 @@ def test_load_references_list_form(tmp_path):
 
 def test_load_references_object_form(tmp_path):
     path = tmp_path / "refs.json"
-    entry = {"references": ["two green triangles"], "objects": [
-        {"shape": "triangle", "color": "green", "size": "small"},
-        {"shape": "triangle", "color": "green", "size": "small"},
-    ]}
+    entry = {
+        "references": ["two green triangles"],
+        "objects": [
+            {"shape": "triangle", "color": "green", "size": "small"},
+            {"shape": "triangle", "color": "green", "size": "small"},
+        ],
+    }
     path.write_text(json.dumps({"001": entry}))
     refs, truths = load_references(str(path))
     assert refs == {"001": ["two green triangles"]}

@@ -75,8 +75,9 @@ def test_batch_of_eight_matches_one_at_a_time(models, images, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_three_return_sequences_best_first(models, images, family):
-    opts = CaptionerOptions(device="cpu", beam_size=3, num_return_sequences=3, max_length=6,
-                            min_new_tokens=2)
+    opts = CaptionerOptions(
+        device="cpu", beam_size=3, num_return_sequences=3, max_length=6, min_new_tokens=2
+    )
     cap = load_captioner("hf:" + str(models[family]), opts)
     results = cap.caption([cap.preprocess(im) for im in images[:3]])
     assert len(results) == 3
@@ -100,8 +101,9 @@ def test_beam_batches_are_split_and_match_one_at_a_time(models, images, family):
 
 @pytest.mark.parametrize("family", ["git", "image-text-to-text", "blip"])
 def test_prompt_tokens_are_stripped(models, images, family):
-    opts = CaptionerOptions(device="cpu", beam_size=1, max_length=4, min_new_tokens=4,
-                            prompt="a picture of two")
+    opts = CaptionerOptions(
+        device="cpu", beam_size=1, max_length=4, min_new_tokens=4, prompt="a picture of two"
+    )
     cap = load_captioner("hf:" + str(models[family]), opts)
     (r,) = cap.caption([cap.preprocess(images[0])])
     assert not r.caption.startswith(("a picture of two", "user", "[CLS]", "[DEC]"))
@@ -117,9 +119,10 @@ def test_vlm_uses_its_chat_template_and_default_instruction(models):
 
 
 def test_bfloat16(models, images):
-    cap = load_captioner("hf:" + str(models["blip"]),
-                         CaptionerOptions(device="cpu", dtype="bfloat16", beam_size=1,
-                                          max_length=4))
+    cap = load_captioner(
+        "hf:" + str(models["blip"]),
+        CaptionerOptions(device="cpu", dtype="bfloat16", beam_size=1, max_length=4),
+    )
     assert next(cap.model.parameters()).dtype == torch.bfloat16
     assert len(cap.caption([cap.preprocess(im) for im in images[:2]])) == 2
 
@@ -155,8 +158,9 @@ def test_pickle_weights_need_allow_pickle(models, images, tmp_path):
     (d / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="--allow-pickle"):
         load_captioner("hf:" + str(d), GREEDY)
-    opts = CaptionerOptions(device="cpu", beam_size=1, max_length=8, min_new_tokens=3,
-                            allow_pickle=True)
+    opts = CaptionerOptions(
+        device="cpu", beam_size=1, max_length=8, min_new_tokens=3, allow_pickle=True
+    )
     pickled = load_captioner("hf:" + str(d), opts)
     x = [cap.preprocess(im) for im in images[:3]]
     assert [r.caption for r in pickled.caption(x)] == [r.caption for r in cap.caption(x)]
@@ -185,9 +189,15 @@ def test_hub_id_offline_says_pass_a_local_directory(tmp_path, monkeypatch):
 def test_unsupported_family_lists_the_supported_ones(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
-    BertForSequenceClassification(BertConfig(
-        vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=8)).save_pretrained(tmp_path / "bert")
+    BertForSequenceClassification(
+        BertConfig(
+            vocab_size=32,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=8,
+        )
+    ).save_pretrained(tmp_path / "bert")
     message = _one_line_error(f"hf:{tmp_path / 'bert'}")
     assert "unsupported model family bert (BertForSequenceClassification)" in message
     assert "blip" in message and "image-text-to-text" in message
@@ -219,8 +229,10 @@ def test_options_say_which_flag_to_change(models):
     with pytest.raises(ValueError, match="--min-new-tokens"):
         CaptionerOptions(max_length=5, min_new_tokens=6)
     with pytest.raises(ValueError, match="--prompt"):
-        load_captioner("hf:" + str(models["vision-encoder-decoder"]),
-                       CaptionerOptions(device="cpu", prompt="a photo of"))
+        load_captioner(
+            "hf:" + str(models["vision-encoder-decoder"]),
+            CaptionerOptions(device="cpu", prompt="a photo of"),
+        )
 
 
 def test_runs_under_beam_run_inference(models, images):
@@ -234,12 +246,19 @@ def test_runs_under_beam_run_inference(models, images):
 
     spec = "hf:" + str(models["blip"])
     cap = load_captioner(spec, GREEDY)
-    expected = [(f"k{i}", r.caption) for i, r in
-                enumerate(cap.caption([cap.preprocess(im) for im in images[:5]]))]
-    records = [ImageInput(f"k{i}", "mem", f"{i}.png", "", im.width, im.height, "png", im)
-               for i, im in enumerate(images[:5])]
+    expected = [
+        (f"k{i}", r.caption)
+        for i, r in enumerate(cap.caption([cap.preprocess(im) for im in images[:5]]))
+    ]
+    records = [
+        ImageInput(f"k{i}", "mem", f"{i}.png", "", im.width, im.height, "png", im)
+        for i, im in enumerate(images[:5])
+    ]
     with TestPipeline() as p:
-        out = (p | beam.Create(records)
-                 | RunInference(CaptionModelHandler(spec, GREEDY, batch_size=2))
-                 | beam.Map(lambda r: (r.example.key, r.inference.caption)))
+        out = (
+            p
+            | beam.Create(records)
+            | RunInference(CaptionModelHandler(spec, GREEDY, batch_size=2))
+            | beam.Map(lambda r: (r.example.key, r.inference.caption))
+        )
         assert_that(out, equal_to(expected))

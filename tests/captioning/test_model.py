@@ -11,8 +11,16 @@ from captioning.vocab import Vocabulary
 
 def tiny(vocab_size: int = 12, **kw) -> CaptionModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=vocab_size, image_size=32, encoder_channels=(8, 16),
-                      embed_dim=16, hidden_dim=32, attention_dim=16, max_length=8, **kw)
+    cfg = ModelConfig(
+        vocab_size=vocab_size,
+        image_size=32,
+        encoder_channels=(8, 16),
+        embed_dim=16,
+        hidden_dim=32,
+        attention_dim=16,
+        max_length=8,
+        **kw,
+    )
     return CaptionModel(cfg)
 
 
@@ -77,8 +85,9 @@ def test_a_few_training_steps_lower_the_loss():
     model = tiny(vocab_size=len(vocab))
     torch.manual_seed(1)
     images = torch.randn(8, 3, 32, 32)
-    caps = torch.tensor([vocab.encode("a red circle" if i % 2 else "a blue square", 8)
-                         for i in range(8)])
+    caps = torch.tensor(
+        [vocab.encode("a red circle" if i % 2 else "a blue square", 8) for i in range(8)]
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(15):
@@ -113,8 +122,9 @@ def test_native_captioner_returns_n_candidates(tiny_checkpoint):
 
     from captioning.backends import CaptionerOptions, NativeCaptioner
 
-    cap = NativeCaptioner(tiny_checkpoint, CaptionerOptions(device="cpu", beam_size=3,
-                                                            num_return_sequences=3))
+    cap = NativeCaptioner(
+        tiny_checkpoint, CaptionerOptions(device="cpu", beam_size=3, num_return_sequences=3)
+    )
     img = Image.new("RGB", (40, 30), (200, 30, 30))
     result = cap.caption([cap.preprocess(img)])[0]
     assert result.candidates[0] == result.caption and len(result.candidates) == 3

@@ -21,8 +21,9 @@ def world(tmp_path_factory):
 
 
 def small(**kw) -> TrainConfig:
-    return TrainConfig(epochs=3, batch_size=16, learning_rate=3e-3, seed=5, val_fraction=0.2,
-                       patience=5, **kw)
+    return TrainConfig(
+        epochs=3, batch_size=16, learning_rate=3e-3, seed=5, val_fraction=0.2, patience=5, **kw
+    )
 
 
 def test_loads_captions_references_and_truth(world):
@@ -63,8 +64,7 @@ def test_resumed_run_equals_uninterrupted_run(world, tmp_path):
             raise Crash  # after epoch 2's checkpoint was written, as a killed run would
 
     with pytest.raises(Crash):
-        train(world, tmp_path / "part", small(), architecture=TINY,
-              on_epoch=crash_after_epoch_two)
+        train(world, tmp_path / "part", small(), architecture=TINY, on_epoch=crash_after_epoch_two)
     resumed = train(world, tmp_path / "part", small(), resume=True)
     assert [r.epoch for r in resumed] == [1, 2, 3]
     assert resumed[-1].train_loss == pytest.approx(full[-1].train_loss, rel=1e-5)

@@ -74,7 +74,9 @@ def test_caption_names_every_object_and_counts():
 
 def test_named_pairs_handles_plurals():
     assert named_pairs("two green crosses and a small Red Circle") == {
-        ("green", "cross"), ("red", "circle")}
+        ("green", "cross"),
+        ("red", "circle"),
+    }
     assert named_pairs("a circle") == set()
 
 

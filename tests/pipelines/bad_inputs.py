@@ -73,30 +73,81 @@ EXPECTED: tuple[Expected, ...] = (
     _file("EXIF-rotated JPEG", "rotated.jpg", **_captioned((20, 40), "JPEG")),
     _file("grayscale", "grey.jpg", **_captioned((12, 10), "JPEG")),
     _file("spaces and non-ASCII name", NON_ASCII_NAME, **_captioned((10, 6), "PNG")),
-    Expected("tar sample before the damaged header", DAMAGED_TAR, "000000000.jpg", "000000000",
-             **_captioned((8, 8), "JPEG")),
-    Expected("tar member with a damaged header", DAMAGED_TAR, "000000001.jpg", "000000001",
-             **_failed("read", "corrupt_tar_header")),
-    Expected("tar sample after the damaged header", DAMAGED_TAR, "000000002.jpg", "000000002",
-             **_captioned((8, 8), "JPEG")),
-    Expected("truncated tar, first sample", TRUNCATED_TAR, "000000000.jpg", "000000000",
-             **_captioned((8, 8), "JPEG")),
-    Expected("truncated tar, second sample", TRUNCATED_TAR, "000000001.jpg", "000000001",
-             **_captioned((8, 8), "JPEG")),
-    Expected("truncated tar, image cut short", TRUNCATED_TAR, "000000002.jpg", "000000002",
-             **_failed("read", "truncated_tar")),
+    Expected(
+        "tar sample before the damaged header",
+        DAMAGED_TAR,
+        "000000000.jpg",
+        "000000000",
+        **_captioned((8, 8), "JPEG"),
+    ),
+    Expected(
+        "tar member with a damaged header",
+        DAMAGED_TAR,
+        "000000001.jpg",
+        "000000001",
+        **_failed("read", "corrupt_tar_header"),
+    ),
+    Expected(
+        "tar sample after the damaged header",
+        DAMAGED_TAR,
+        "000000002.jpg",
+        "000000002",
+        **_captioned((8, 8), "JPEG"),
+    ),
+    Expected(
+        "truncated tar, first sample",
+        TRUNCATED_TAR,
+        "000000000.jpg",
+        "000000000",
+        **_captioned((8, 8), "JPEG"),
+    ),
+    Expected(
+        "truncated tar, second sample",
+        TRUNCATED_TAR,
+        "000000001.jpg",
+        "000000001",
+        **_captioned((8, 8), "JPEG"),
+    ),
+    Expected(
+        "truncated tar, image cut short",
+        TRUNCATED_TAR,
+        "000000002.jpg",
+        "000000002",
+        **_failed("read", "truncated_tar"),
+    ),
     # Images only, cut inside the third header: the second image is whole, so it is captioned,
     # and the cut itself is one row that must not claim any image's member.
-    Expected("tar cut between members, first image", CUT_TAR, "000000000.jpg", "000000000",
-             **_captioned((8, 8), "JPEG")),
-    Expected("tar cut between members, last whole image", CUT_TAR, "000000001.jpg", "000000001",
-             **_captioned((8, 8), "JPEG")),
-    Expected("tar cut between members, the cut", CUT_TAR, "", TRUNCATED_KEY,
-             **_failed("read", "truncated_tar")),
-    Expected("corrupt Parquet file", CORRUPT_PARQUET, "", SHARD_KEY,
-             **_failed("read", "corrupt_parquet")),
-    Expected("Parquet without the image column", NO_IMAGE_COLUMN_PARQUET, "", SHARD_KEY,
-             **_failed("read", "missing_column")),
+    Expected(
+        "tar cut between members, first image",
+        CUT_TAR,
+        "000000000.jpg",
+        "000000000",
+        **_captioned((8, 8), "JPEG"),
+    ),
+    Expected(
+        "tar cut between members, last whole image",
+        CUT_TAR,
+        "000000001.jpg",
+        "000000001",
+        **_captioned((8, 8), "JPEG"),
+    ),
+    Expected(
+        "tar cut between members, the cut",
+        CUT_TAR,
+        "",
+        TRUNCATED_KEY,
+        **_failed("read", "truncated_tar"),
+    ),
+    Expected(
+        "corrupt Parquet file", CORRUPT_PARQUET, "", SHARD_KEY, **_failed("read", "corrupt_parquet")
+    ),
+    Expected(
+        "Parquet without the image column",
+        NO_IMAGE_COLUMN_PARQUET,
+        "",
+        SHARD_KEY,
+        **_failed("read", "missing_column"),
+    ),
 )
 
 
@@ -148,10 +199,10 @@ def _files() -> dict[str, bytes]:
         "grey16.png": encode(Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)), "PNG"),
         # Index 0 fully transparent, index 1 half: a tRNS chunk with per-entry alpha.
         "palette-alpha.png": encode(palette, "PNG", transparency=b"\x00\x80"),
-        "animated.gif": encode(frames[0], "GIF", save_all=True, append_images=frames[1:],
-                               duration=50),
-        "rotated.jpg": encode(Image.new("RGB", (40, 20), (0, 0, 255)), "JPEG",
-                              exif=exif.tobytes()),
+        "animated.gif": encode(
+            frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50
+        ),
+        "rotated.jpg": encode(Image.new("RGB", (40, 20), (0, 0, 255)), "JPEG", exif=exif.tobytes()),
         "grey.jpg": encode(Image.new("L", (12, 10), 77), "JPEG"),
         NON_ASCII_NAME: encode(Image.new("RGB", (10, 6), (0, 255, 0)), "PNG"),
     }
@@ -191,8 +242,9 @@ def _corrupt_parquet() -> bytes:
 
 
 def _parquet_without_image_column() -> bytes:
-    table = pa.table({"key": ["a", "b"], "png": [encode(noisy((4, 4)), "PNG")] * 2,
-                      "caption": ["x", "y"]})
+    table = pa.table(
+        {"key": ["a", "b"], "png": [encode(noisy((4, 4)), "PNG")] * 2, "caption": ["x", "y"]}
+    )
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return buffer.getvalue()
@@ -210,8 +262,11 @@ def write_bad_inputs(root: Path) -> dict[tuple[str, str], bytes]:
     for name, data in _files().items():
         (root / name).write_bytes(data)
         stored[name, name] = data
-    for name, (raw, members) in ((DAMAGED_TAR, _damaged_tar()),
-                                 (TRUNCATED_TAR, _truncated_tar()), (CUT_TAR, _cut_tar())):
+    for name, (raw, members) in (
+        (DAMAGED_TAR, _damaged_tar()),
+        (TRUNCATED_TAR, _truncated_tar()),
+        (CUT_TAR, _cut_tar()),
+    ):
         (root / name).write_bytes(raw)
         stored.update({(name, m): data for m, data in members.items() if m.endswith(".jpg")})
     (root / CORRUPT_PARQUET).write_bytes(_corrupt_parquet())

@@ -40,8 +40,9 @@ Location = tuple[str, str]  # (file name the source URI ends with, member)
 
 
 def caption_config(input_: str | Path, out: Path, model: Path, **overrides: Any) -> CaptionConfig:
-    return CaptionConfig(input=str(input_), out=str(out), model=str(model), captioner=FAST,
-                         **overrides)
+    return CaptionConfig(
+        input=str(input_), out=str(out), model=str(model), captioner=FAST, **overrides
+    )
 
 
 def read_rows(out: Path, table: str) -> list[Row]:
@@ -55,14 +56,35 @@ def location(row: Row) -> Location:
 def run_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     # Rich's width when stderr is not a terminal, whatever the caller's: lines must not wrap.
     env = {**os.environ, "COLUMNS": "80"}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
 
 
-def cli_caption(input_: str | Path, out: Path, model: Path, *extra: str,
-                cwd: Path) -> subprocess.CompletedProcess[str]:
-    return run_cli("caption", input_, "--out", out, "--model", model, "--beam-size", "1",
-                   "--device", "cpu", *extra, "--", *BEAM_ARGS, cwd=cwd)
+def cli_caption(
+    input_: str | Path, out: Path, model: Path, *extra: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "caption",
+        input_,
+        "--out",
+        out,
+        "--model",
+        model,
+        "--beam-size",
+        "1",
+        "--device",
+        "cpu",
+        *extra,
+        "--",
+        *BEAM_ARGS,
+        cwd=cwd,
+    )
 
 
 def last_line(text: str) -> str:
@@ -82,14 +104,20 @@ class BadRun:
     stored: dict[Location, bytes]
 
     def hits(self, at: Location) -> list[tuple[str, Row]]:
-        return [(table, row) for table, rows in (("captions", self.captions),
-                                                 ("failures", self.failures))
-                for row in rows if location(row) == at]
+        return [
+            (table, row)
+            for table, rows in (("captions", self.captions), ("failures", self.failures))
+            for row in rows
+            if location(row) == at
+        ]
 
 
 @pytest.fixture(scope="module")
-def bad_run(tiny_caption_model: Path, bad_input_dir: tuple[Path, dict],
-            tmp_path_factory: pytest.TempPathFactory) -> BadRun:
+def bad_run(
+    tiny_caption_model: Path,
+    bad_input_dir: tuple[Path, dict],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> BadRun:
     root, stored = bad_input_dir
     out = tmp_path_factory.mktemp("bad-run") / "out"
     summary = run_caption(caption_config(root, out, tiny_caption_model, batch_size=4), BEAM_ARGS)
@@ -97,8 +125,9 @@ def bad_run(tiny_caption_model: Path, bad_input_dir: tuple[Path, dict],
 
 
 @pytest.mark.parametrize("expected", EXPECTED, ids=lambda e: e.case)
-def test_each_bad_input_is_captioned_or_a_failure_with_a_reason(bad_run: BadRun,
-                                                                 expected: Expected) -> None:
+def test_each_bad_input_is_captioned_or_a_failure_with_a_reason(
+    bad_run: BadRun, expected: Expected
+) -> None:
     hits = bad_run.hits(expected.at)
     assert len(hits) == 1, f"{expected.case}: {expected.at} in {len(hits)} rows: {hits}"
     table, row = hits[0]
@@ -140,10 +169,12 @@ def test_bad_input_run_accounts_for_every_image_exactly_once(bad_run: BadRun) ->
     }
 
 
-@pytest.mark.parametrize("table, schema", [("captions", CAPTION_SCHEMA),
-                                           ("failures", FAILURE_SCHEMA)])
-def test_tables_have_exactly_the_declared_columns(bad_run: BadRun, table: str,
-                                                  schema: pa.Schema) -> None:
+@pytest.mark.parametrize(
+    "table, schema", [("captions", CAPTION_SCHEMA), ("failures", FAILURE_SCHEMA)]
+)
+def test_tables_have_exactly_the_declared_columns(
+    bad_run: BadRun, table: str, schema: pa.Schema
+) -> None:
     files = sorted((bad_run.out / table).iterdir())
     assert files and all(f.suffix == ".parquet" for f in files), files  # no temporary leftovers
     for f in files:
@@ -152,8 +183,8 @@ def test_tables_have_exactly_the_declared_columns(bad_run: BadRun, table: str,
 
 
 def test_cli_over_bad_inputs_exits_0_and_prints_a_balanced_summary(
-        tiny_caption_model: Path, bad_input_dir: tuple[Path, dict], bad_run: BadRun,
-        tmp_path: Path) -> None:
+    tiny_caption_model: Path, bad_input_dir: tuple[Path, dict], bad_run: BadRun, tmp_path: Path
+) -> None:
     root, _ = bad_input_dir
     out = tmp_path / "out"
 
@@ -163,23 +194,29 @@ def test_cli_over_bad_inputs_exits_0_and_prints_a_balanced_summary(
     captioned = sum(e.table == "captions" for e in EXPECTED)
     assert last_line(proc.stderr) == (
         f"read {len(EXPECTED)} = captioned {captioned} + failed {len(EXPECTED) - captioned}: "
-        f"every image is accounted for. Output in {out}")
+        f"every image is accounted for. Output in {out}"
+    )
 
     def placement(captions: list[Row], failures: list[Row]) -> dict[Location, tuple]:
-        return {**{location(r): ("captions", r["sha256"], r["caption"]) for r in captions},
-                **{location(r): ("failures", r["stage"], r["error_type"]) for r in failures}}
+        return {
+            **{location(r): ("captions", r["sha256"], r["caption"]) for r in captions},
+            **{location(r): ("failures", r["stage"], r["error_type"]) for r in failures},
+        }
 
     # Same tables as the in-process run with batches of 4: batching changes no caption.
     assert placement(read_rows(out, "captions"), read_rows(out, "failures")) == placement(
-        bad_run.captions, bad_run.failures)
+        bad_run.captions, bad_run.failures
+    )
     assert json.loads((out / "run.json").read_text())["counts"]["balanced"] is True
     assert not (out / ".progress").exists()
 
 
-@pytest.mark.parametrize("kind, message", [("missing", "input path does not exist:"),
-                                           ("no match", "no input matched")])
-def test_unusable_input_fails_at_once_with_exit_2(tiny_caption_model: Path, tmp_path: Path,
-                                                  kind: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "kind, message", [("missing", "input path does not exist:"), ("no match", "no input matched")]
+)
+def test_unusable_input_fails_at_once_with_exit_2(
+    tiny_caption_model: Path, tmp_path: Path, kind: str, message: str
+) -> None:
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "notes.txt").write_text("not an image\n")
     input_ = tmp_path / ("nothing here" if kind == "missing" else "images/*.jpg")
@@ -195,16 +232,19 @@ def test_unusable_input_fails_at_once_with_exit_2(tiny_caption_model: Path, tmp_
 # --------------------------------------------------------------------------- formats and sources
 
 
-def test_folder_tar_and_parquet_give_the_same_captions(tiny_caption_model: Path,
-                                                       tmp_path: Path) -> None:
+def test_folder_tar_and_parquet_give_the_same_captions(
+    tiny_caption_model: Path, tmp_path: Path
+) -> None:
     captions_by_sha: dict[str, dict[str, str]] = {}
     for fmt, shards, batch_size in (("folder", 1, 1), ("tar", 3, 7), ("parquet", 2, 24)):
         archive = tmp_path / fmt
-        write_archive(str(archive), ArchiveConfig(images=24, shards=shards, seed=3, format=fmt,
-                                                  workers=1))
+        write_archive(
+            str(archive), ArchiveConfig(images=24, shards=shards, seed=3, format=fmt, workers=1)
+        )
         out = tmp_path / f"out-{fmt}"
-        summary = run_caption(caption_config(archive, out, tiny_caption_model,
-                                             batch_size=batch_size), BEAM_ARGS)
+        summary = run_caption(
+            caption_config(archive, out, tiny_caption_model, batch_size=batch_size), BEAM_ARGS
+        )
         assert (summary.read, summary.captioned, summary.failed) == (24, 24, {}), fmt
         rows = read_rows(out, "captions")
         captions_by_sha[fmt] = {row["sha256"]: row["caption"] for row in rows}
@@ -215,14 +255,19 @@ def test_folder_tar_and_parquet_give_the_same_captions(tiny_caption_model: Path,
 
 
 def test_memory_filesystem_input_is_captioned(tiny_caption_model: Path, tmp_path: Path) -> None:
-    (shard,) = write_archive(str(tmp_path / "tar"), ArchiveConfig(images=5, format="tar",
-                                                                  workers=1))
+    (shard,) = write_archive(
+        str(tmp_path / "tar"), ArchiveConfig(images=5, format="tar", workers=1)
+    )
     memory = fsspec.filesystem("memory")
     root = f"/caption-test-{uuid.uuid4().hex}"
     memory.pipe(f"{root}/shard-00000.tar", Path(shard).read_bytes())
     try:
-        summary = run_caption(caption_config(f"memory://{root}/*.tar", tmp_path / "out",
-                                             tiny_caption_model, batch_size=2), BEAM_ARGS)
+        summary = run_caption(
+            caption_config(
+                f"memory://{root}/*.tar", tmp_path / "out", tiny_caption_model, batch_size=2
+            ),
+            BEAM_ARGS,
+        )
     finally:
         memory.rm(root, recursive=True)
 
@@ -235,8 +280,9 @@ def test_memory_filesystem_input_is_captioned(tiny_caption_model: Path, tmp_path
 # --------------------------------------------------------------------------- reruns and runners
 
 
-def test_rerun_refuses_a_non_empty_out_unless_overwrite(tiny_caption_model: Path,
-                                                        tmp_path: Path) -> None:
+def test_rerun_refuses_a_non_empty_out_unless_overwrite(
+    tiny_caption_model: Path, tmp_path: Path
+) -> None:
     archive, out = tmp_path / "tar", tmp_path / "out"
     write_archive(str(archive), ArchiveConfig(images=6, shards=2, format="tar", workers=1))
     config = caption_config(archive, out, tiny_caption_model, batch_size=4)
@@ -247,15 +293,18 @@ def test_rerun_refuses_a_non_empty_out_unless_overwrite(tiny_caption_model: Path
         run_caption(config, BEAM_ARGS)
     proc = cli_caption(archive, out, tiny_caption_model, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.splitlines() == [f"error: {out} is not empty: pass --overwrite to replace "
-                                        "its captions, or pick another --out"]
+    assert proc.stderr.splitlines() == [
+        f"error: {out} is not empty: pass --overwrite to replace "
+        "its captions, or pick another --out"
+    ]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
     # A part left by an older run with other shard counts must go too, not add its rows.
     (stale,) = (out / "captions").glob("*.parquet")
     stale.rename(out / "captions" / "part-00007-of-00009.parquet")
-    second = run_caption(caption_config(archive, out, tiny_caption_model, batch_size=4,
-                                        overwrite=True), BEAM_ARGS)
+    second = run_caption(
+        caption_config(archive, out, tiny_caption_model, batch_size=4, overwrite=True), BEAM_ARGS
+    )
 
     rows = read_rows(out, "captions")
     assert sorted(row["key"] for row in rows) == [f"{i:09d}" for i in range(6)]
@@ -263,18 +312,23 @@ def test_rerun_refuses_a_non_empty_out_unless_overwrite(tiny_caption_model: Path
     assert read_rows(out, "failures") == []
     run = json.loads((out / "run.json").read_text())
     assert (run["run_id"], run["counts"]["read"], run["counts"]["captioned"]) == (
-        second.run_id, 6, 6)
+        second.run_id,
+        6,
+        6,
+    )
 
 
-def test_two_process_direct_runner_writes_the_same_rows_as_one(tiny_caption_model: Path,
-                                                               tmp_path: Path) -> None:
+def test_two_process_direct_runner_writes_the_same_rows_as_one(
+    tiny_caption_model: Path, tmp_path: Path
+) -> None:
     archive = tmp_path / "input"
     write_archive(str(archive), ArchiveConfig(images=12, shards=4, format="tar", workers=1))
     (archive / "broken.tar").write_bytes(b"not a tar archive " * 40)
 
     def rows(out: Path, beam_args: list[str]) -> tuple[set, set, RunSummary]:
-        summary = run_caption(caption_config(archive, out, tiny_caption_model, batch_size=4),
-                              beam_args)
+        summary = run_caption(
+            caption_config(archive, out, tiny_caption_model, batch_size=4), beam_args
+        )
         captions = {(r["key"], r["sha256"], r["caption"]) for r in read_rows(out, "captions")}
         failures = {(r["key"], r["stage"], r["error_type"]) for r in read_rows(out, "failures")}
         return captions, failures, summary
@@ -285,7 +339,5 @@ def test_two_process_direct_runner_writes_the_same_rows_as_one(tiny_caption_mode
     assert len(one_captions) == 12 and one_failures == {("<shard>", "read", "corrupt_tar")}
     assert two_captions == one_captions
     assert two_failures == one_failures
-    assert (two.read, two.captioned, two.failed, two.balanced) == (13, 12, {"corrupt_tar": 1},
-                                                                   True)
-    assert (one.read, one.captioned, one.failed, one.balanced) == (13, 12, {"corrupt_tar": 1},
-                                                                   True)
+    assert (two.read, two.captioned, two.failed, two.balanced) == (13, 12, {"corrupt_tar": 1}, True)
+    assert (one.read, one.captioned, one.failed, one.balanced) == (13, 12, {"corrupt_tar": 1}, True)

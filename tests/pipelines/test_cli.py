@@ -14,8 +14,9 @@ from captioning.world import generate_image
 
 
 def imgindex(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=300
+    )
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr)
     return proc
@@ -33,8 +34,9 @@ def images(tmp_path):
 
 
 def test_describe_prints_one_caption_per_image(images, tiny_checkpoint):
-    proc = imgindex("describe", *map(str, images), "--model", str(tiny_checkpoint), "--json",
-                    check=True)
+    proc = imgindex(
+        "describe", *map(str, images), "--model", str(tiny_checkpoint), "--json", check=True
+    )
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["path"] for r in rows] == [str(p) for p in images]
     assert all(isinstance(r["caption"], str) for r in rows)
@@ -44,8 +46,15 @@ def test_describe_reports_a_bad_file_and_captions_the_rest(images, tiny_checkpoi
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not a picture")
     missing = tmp_path / "missing.png"
-    proc = imgindex("describe", str(images[0]), str(bad), str(missing), str(images[1]),
-                    "--model", str(tiny_checkpoint))
+    proc = imgindex(
+        "describe",
+        str(images[0]),
+        str(bad),
+        str(missing),
+        str(images[1]),
+        "--model",
+        str(tiny_checkpoint),
+    )
     assert proc.returncode == 1
     assert len(proc.stdout.splitlines()) == 2
     errors = proc.stderr.strip().splitlines()
@@ -62,8 +71,9 @@ def test_describe_with_a_missing_model_is_a_clear_error(images, tmp_path):
 
 def test_explain_draws_one_panel_per_word(images, tiny_checkpoint, tmp_path):
     out = tmp_path / "attention.png"
-    proc = imgindex("explain", str(images[0]), "--out", str(out), "--model",
-                    str(tiny_checkpoint), check=True)
+    proc = imgindex(
+        "explain", str(images[0]), "--out", str(out), "--model", str(tiny_checkpoint), check=True
+    )
     words = proc.stdout.split()
     fig = Image.open(out)
     panels = 1 + len(words)  # the image, then a panel per word
@@ -74,16 +84,30 @@ def test_explain_draws_one_panel_per_word(images, tiny_checkpoint, tmp_path):
 def test_explain_refuses_an_unreadable_image(tmp_path, tiny_checkpoint):
     bad = tmp_path / "empty.png"
     bad.write_bytes(b"")
-    proc = imgindex("explain", str(bad), "--out", str(tmp_path / "x.png"), "--model",
-                    str(tiny_checkpoint))
+    proc = imgindex(
+        "explain", str(bad), "--out", str(tmp_path / "x.png"), "--model", str(tiny_checkpoint)
+    )
     assert proc.returncode == 2 and "empty" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("fmt", ["folder", "tar", "parquet"])
 def test_sample_archive_formats(tmp_path, fmt):
     out = tmp_path / fmt
-    imgindex("sample-archive", str(out), "--images", "6", "--shards", "2", "--seed", "3",
-             "--format", fmt, "--workers", "1", check=True)
+    imgindex(
+        "sample-archive",
+        str(out),
+        "--images",
+        "6",
+        "--shards",
+        "2",
+        "--seed",
+        "3",
+        "--format",
+        fmt,
+        "--workers",
+        "1",
+        check=True,
+    )
     if fmt == "folder":
         sidecar = json.loads((out / "000000000.json").read_text())
         assert (out / "000000000.txt").read_text() == sidecar["references"][0]
@@ -101,10 +125,20 @@ def test_sample_archive_formats(tmp_path, fmt):
 
 def test_sample_archive_is_deterministic(tmp_path):
     for name in ("a", "b"):
-        imgindex("sample-archive", str(tmp_path / name), "--images", "4", "--seed", "8",
-                 "--workers", "1", check=True)
-    assert (tmp_path / "a/shard-00000.tar").read_bytes() == (tmp_path / "b/shard-00000.tar"
-                                                               ).read_bytes()
+        imgindex(
+            "sample-archive",
+            str(tmp_path / name),
+            "--images",
+            "4",
+            "--seed",
+            "8",
+            "--workers",
+            "1",
+            check=True,
+        )
+    assert (tmp_path / "a/shard-00000.tar").read_bytes() == (
+        tmp_path / "b/shard-00000.tar"
+    ).read_bytes()
 
 
 def test_sample_archive_bad_options(tmp_path):
@@ -116,13 +150,24 @@ def test_evaluate_json_keys(tmp_path):
     refs = {"a": ["a large red circle", "a big red circle"], "b": ["two green triangles"]}
     (tmp_path / "refs.json").write_text(json.dumps(refs))
     preds = tmp_path / "preds.jsonl"
-    preds.write_text('{"key": "a", "caption": "a large red circle"}\n'
-                     '{"key": "b", "caption": "two blue triangles"}\n')
-    proc = imgindex("evaluate", str(preds), "--references", str(tmp_path / "refs.json"),
-                    "--json", check=True)
+    preds.write_text(
+        '{"key": "a", "caption": "a large red circle"}\n'
+        '{"key": "b", "caption": "two blue triangles"}\n'
+    )
+    proc = imgindex(
+        "evaluate", str(preds), "--references", str(tmp_path / "refs.json"), "--json", check=True
+    )
     scores = json.loads(proc.stdout)
-    assert {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr",
-            "attribute_accuracy"} <= set(scores)
+    assert {
+        "BLEU-1",
+        "BLEU-2",
+        "BLEU-3",
+        "BLEU-4",
+        "METEOR",
+        "ROUGE-L",
+        "CIDEr",
+        "attribute_accuracy",
+    } <= set(scores)
     assert scores["attribute_accuracy"] is None  # no structured truth in a plain JSON list
     assert 0 < scores["BLEU-1"] <= 1
 

@@ -24,13 +24,23 @@ def archive(tmp_path_factory):
 def test_family_through_the_pipeline(family, archive, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = build(family, tmp_path / family)
-    options = CaptionerOptions(device="cpu", beam_size=2, num_return_sequences=2,
-                               max_length=6, min_new_tokens=2, threads=1)
-    summary = run_caption(CaptionConfig(input=str(archive), out=str(tmp_path / "out"),
-                                        model=f"hf:{model}", batch_size=4, captioner=options), [])
+    options = CaptionerOptions(
+        device="cpu", beam_size=2, num_return_sequences=2, max_length=6, min_new_tokens=2, threads=1
+    )
+    summary = run_caption(
+        CaptionConfig(
+            input=str(archive),
+            out=str(tmp_path / "out"),
+            model=f"hf:{model}",
+            batch_size=4,
+            captioner=options,
+        ),
+        [],
+    )
     assert summary.read == 6 and summary.captioned == 6 and summary.balanced
     assert summary.model == f"hf:{model}" and summary.model_version.startswith(
-        ("blip", "git", "vision-encoder-decoder", "blip-2", "llava", "idefics", "smolvlm"))
+        ("blip", "git", "vision-encoder-decoder", "blip-2", "llava", "idefics", "smolvlm")
+    )
     rows = pq.read_table(tmp_path / "out" / "captions").to_pylist()
     assert len(rows) == 6
     for row in rows:
@@ -42,6 +52,10 @@ def test_a_bad_hf_model_fails_before_the_job(archive, tmp_path):
     from captioning.hf import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="no model directory"):
-        run_caption(CaptionConfig(input=str(archive), out=str(tmp_path / "out"),
-                                  model=f"hf:{tmp_path / 'nope'}"), [])
+        run_caption(
+            CaptionConfig(
+                input=str(archive), out=str(tmp_path / "out"), model=f"hf:{tmp_path / 'nope'}"
+            ),
+            [],
+        )
     assert not (tmp_path / "out").exists()

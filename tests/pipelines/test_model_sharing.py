@@ -31,17 +31,33 @@ def rows(out):
     return sorted(map(tuple, (r.values() for r in table.to_pylist())))
 
 
-def test_shared_model_loads_once_and_matches_one_process(archive, tiny_checkpoint, tmp_path,
-                                                         monkeypatch):
+def test_shared_model_loads_once_and_matches_one_process(
+    archive, tiny_checkpoint, tmp_path, monkeypatch
+):
     options = CaptionerOptions(device="cpu", beam_size=2, threads=1)
-    single = run_caption(CaptionConfig(input=str(archive), out=str(tmp_path / "single"),
-                                       model=str(tiny_checkpoint), batch_size=5,
-                                       captioner=options), [])
+    single = run_caption(
+        CaptionConfig(
+            input=str(archive),
+            out=str(tmp_path / "single"),
+            model=str(tiny_checkpoint),
+            batch_size=5,
+            captioner=options,
+        ),
+        [],
+    )
     log = tmp_path / "loads.txt"
     monkeypatch.setenv(LOAD_LOG_ENV, str(log))
-    shared = run_caption(CaptionConfig(input=str(archive), out=str(tmp_path / "shared"),
-                                       model=str(tiny_checkpoint), batch_size=5,
-                                       captioner=options, model_copies=1), MULTI)
+    shared = run_caption(
+        CaptionConfig(
+            input=str(archive),
+            out=str(tmp_path / "shared"),
+            model=str(tiny_checkpoint),
+            batch_size=5,
+            captioner=options,
+            model_copies=1,
+        ),
+        MULTI,
+    )
     assert shared.read == single.read == 24 and shared.balanced
     assert rows(tmp_path / "shared") == rows(tmp_path / "single")
     assert len(log.read_text().split()) == 1  # one model for both worker processes
