@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/imgindex sample-archive $(DEMO)/archive --images 2000 --shards 8 --seed 2026 --format tar
 	$(BIN)/imgindex run $(DEMO)/archive --out $(DEMO)/run
 	@echo "== 3/3 search it by text"
-	$(BIN)/imgindex search $(DEMO)/run/index "a red circle left of a blue square" -k 5
+	$(BIN)/imgindex search $(DEMO)/run/index "a red circle right of a purple square" -k 5
 	$(BIN)/imgindex search $(DEMO)/run/index "two green triangles" -k 5
 	$(BIN)/imgindex search $(DEMO)/run/index "a small yellow star on a noisy background" -k 5
 
