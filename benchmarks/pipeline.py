@@ -6,7 +6,7 @@
 
 efficiency: end-to-end images/s from tar shards to Parquet, divided by the raw model's images/s on
 the same images already decoded and preprocessed, same batch size, same run (the baseline).
-memory: each size runs in a fresh process; peak RSS of that process and its children.
+memory: each size runs in a fresh process; peak RSS (ru_maxrss) of the largest process.
 search: latency of `SearchIndex.search` per query, text embedding included.
 """
 
