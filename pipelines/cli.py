@@ -48,13 +48,12 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except typer.TyperException as e:  # usage errors: unknown option, missing argument, ...
+        show = getattr(e, "show", None)  # typer vendors click: its errors are not click's
+        if show is None:
+            raise
+        show()
+        sys.exit(getattr(e, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
 
 

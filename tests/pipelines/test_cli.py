@@ -175,3 +175,18 @@ def test_evaluate_json_keys(tmp_path):
 def test_train_refuses_to_overwrite_a_model(tmp_path, tiny_checkpoint):
     proc = imgindex("train", str(tmp_path), "--out", str(tiny_checkpoint))
     assert proc.returncode == 2 and "already holds a model" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["caption"], "Missing argument 'INPUT'"),
+        (["search", "--bogus", "x", "y"], "No such option: --bogus"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["describe", "x.png", "--beam-size", "many"], "Invalid value"),
+    ],
+)
+def test_usage_errors_are_messages_not_tracebacks(args, message):
+    proc = imgindex(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
