@@ -174,6 +174,20 @@ def model_identity(
     )
 
 
+def load_preprocessor(
+    spec: str | None, options: CaptionerOptions = CaptionerOptions()
+) -> Callable[[Image.Image], Any]:
+    """The captioner's per-image step without its model: what `preprocessor()` returns, for
+    workers that decode ahead of inference and should not hold the model's weights."""
+    if spec is not None and spec.startswith("hf:"):
+        from captioning.hf import hf_preprocessor
+
+        return hf_preprocessor(spec[3:], options)
+    size = model_identity(spec, options).input_size
+    assert size is not None  # native models always record it
+    return functools.partial(to_model_input, size=size)
+
+
 def load_captioner(spec: str | None, options: CaptionerOptions = CaptionerOptions()) -> Captioner:
     """`None` -> the shipped default; `native:DIR` or a plain DIR -> our model; `hf:NAME` -> HF."""
     if spec is None or spec in ("", "default", "native"):

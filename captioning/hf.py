@@ -148,6 +148,45 @@ class HFPreprocessor:
         return {"pixel_values": pv}
 
 
+def _default_prompt(resolved: ResolvedModel) -> str | None:
+    if resolved.family == "florence2" or "florence" in resolved.model_type:
+        return FLORENCE_TASK
+    if resolved.family == "image-text-to-text":
+        return DEFAULT_INSTRUCTION
+    return None  # BLIP, GIT, BLIP-2 caption unconditionally; VED takes no prompt
+
+
+def _processor_text(family: str, processor: Any, prompt: str | None) -> str:
+    """The text each per-image processor call gets: through the chat template if any."""
+    prompt = prompt or ""
+    if family == "image-text-to-text" and getattr(processor, "chat_template", None):
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+        ]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return prompt
+
+
+def _make_preprocessor(
+    resolved: ResolvedModel, processor: Any, image_processor: Any, prompt: str | None
+) -> HFPreprocessor:
+    if resolved.family in _PER_IMAGE_TEXT:
+        return HFPreprocessor(processor, _processor_text(resolved.family, processor, prompt))
+    return HFPreprocessor(image_processor, None)
+
+
+def hf_preprocessor(name_or_path: str, options: CaptionerOptions) -> HFPreprocessor:
+    """HFCaptioner(...).preprocessor() without loading the model's weights (processor only)."""
+    resolved = resolve(
+        name_or_path,
+        trust_remote_code=options.trust_remote_code,
+        allow_pickle=options.allow_pickle,
+    )
+    processor, image_processor, _ = load_processor(resolved, options)
+    prompt = _default_prompt(resolved) if options.prompt is None else options.prompt
+    return _make_preprocessor(resolved, processor, image_processor, prompt)
+
+
 class HFCaptioner:
     """A transformers image-to-text model behind the Captioner protocol."""
 
@@ -172,8 +211,10 @@ class HFCaptioner:
         self.model = load_model(self.resolved, options)
         self.name = f"hf:{name_or_path}"
         self.version = _version(self.resolved)
-        self.prompt = self._default_prompt() if options.prompt is None else options.prompt
-        self._text = self._processor_text() if self.family in _PER_IMAGE_TEXT else None
+        self.prompt = _default_prompt(self.resolved) if options.prompt is None else options.prompt
+        self._preprocessor = _make_preprocessor(
+            self.resolved, self.processor, self.image_processor, self.prompt
+        )
         self._prompt_ids = self._fixed_prompt_ids() if self.family not in _PER_IMAGE_TEXT else None
         gc = self.model.generation_config
         eos = gc.eos_token_id if gc.eos_token_id is not None else self.tokenizer.eos_token_id
@@ -192,25 +233,6 @@ class HFCaptioner:
         )
 
     # -- prompts ---------------------------------------------------------------------------
-    def _default_prompt(self) -> str | None:
-        if self.family == "florence2" or "florence" in self.resolved.model_type:
-            return FLORENCE_TASK
-        if self.family == "image-text-to-text":
-            return DEFAULT_INSTRUCTION
-        return None  # BLIP, GIT, BLIP-2 caption unconditionally; VED takes no prompt
-
-    def _processor_text(self) -> str:
-        """The text each per-image processor call gets: through the chat template if any."""
-        prompt = self.prompt or ""
-        if self.family == "image-text-to-text" and getattr(self.processor, "chat_template", None):
-            messages = [
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
-            ]
-            return self.processor.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-        return prompt
-
     def _fixed_prompt_ids(self) -> torch.Tensor | None:
         """(1, L) ids every image's decoder starts from, the same for the whole batch."""
         tok, cfg = self.tokenizer, self.model.config
@@ -229,9 +251,7 @@ class HFCaptioner:
     # -- the Captioner protocol ------------------------------------------------------------
     def preprocessor(self) -> HFPreprocessor:
         """The per-image step alone, picklable: it can run in another process than the model."""
-        if self._text is not None:
-            return HFPreprocessor(self.processor, self._text)
-        return HFPreprocessor(self.image_processor, None)
+        return self._preprocessor
 
     def preprocess(self, image: Image.Image) -> dict[str, torch.Tensor]:
         """One RGB image -> this model's input tensors for it (batch dimension 1), picklable."""

@@ -120,7 +120,7 @@ def build_pipeline(
         >> beam.ParDo(ReadShard(config.read, run_id)).with_outputs(FAILURES, main="entries")
     )
     decoded = read.entries | "DecodeImages" >> beam.ParDo(
-        DecodeImages(config.decode, run_id)
+        DecodeImages(config.decode, run_id, config.model, config.captioner)
     ).with_outputs(FAILURES, main="images")
     handler = CaptionModelHandler(
         config.model, config.captioner, config.batch_size, config.model_copies
@@ -212,8 +212,7 @@ def run_caption(
         failed=dict(sorted(failed.items())),
         seconds=seconds,
         stage_seconds={
-            s: counters.get(f"{s}_ms", 0) / 1000
-            for s in ("read", "decode", "preprocess", "inference")
+            s: counters.get(f"{s}_ms", 0) / 1000 for s in ("read", "decode", "inference")
         },
         model=model_name,
         model_version=model_version,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +16,9 @@ from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
+from PIL import Image
 
-from captioning.backends import CaptionResult
+from captioning.backends import CaptionerOptions, CaptionResult, load_preprocessor
 from captioning.decode import DecodeConfig, DecodeError, decode_image
 from captioning.shards import ReadConfig, Shard, ShardEntry, iter_shard
 from pipelines.handlers import NAMESPACE, CaptionFailure
@@ -67,8 +68,14 @@ class ReadShard(beam.DoFn):
                 yield entry
 
 
-def decode_entry(entry: ShardEntry, config: DecodeConfig, run_id: str) -> ImageInput | FailureRow:
-    """One entry's bytes -> an ImageInput with its provenance, or a decode FailureRow."""
+def decode_entry(
+    entry: ShardEntry,
+    config: DecodeConfig,
+    run_id: str,
+    preprocess: Callable[[Image.Image], Any],
+) -> ImageInput | FailureRow:
+    """One entry's bytes -> an ImageInput (the model's preprocessed input and the image's
+    provenance), or a decode FailureRow."""
     assert entry.data is not None
     digest = hashlib.sha256(entry.data).hexdigest()
     try:
@@ -85,24 +92,36 @@ def decode_entry(entry: ShardEntry, config: DecodeConfig, run_id: str) -> ImageI
         decoded.width,
         decoded.height,
         decoded.format,
-        decoded.image,
+        preprocess(decoded.image),
     )
 
 
 class DecodeImages(beam.DoFn):
-    """ShardEntry -> ImageInput (an RGB image and its provenance), or a decode failure.
+    """ShardEntry -> ImageInput (the model's input for the image, and its provenance), or a
+    decode failure.
 
-    Decoding runs `threads` images ahead on a thread pool: Beam calls the fused inference step
-    from inside this DoFn's yield, so while the model works on one batch the pool decodes the next
-    images (Pillow and torch both release the GIL). Results leave in input order.
+    Decoding and the model's preprocessing (resize, normalise) run `threads` images ahead on a
+    thread pool: Beam calls the fused inference step from inside this DoFn's yield, so while the
+    model works on one batch the pool prepares the next images (Pillow and torch both release
+    the GIL). Results leave in input order. The preprocessor is loaded without the model.
     """
 
-    def __init__(self, config: DecodeConfig, run_id: str, threads: int = 2, ahead: int = 64):
+    def __init__(
+        self,
+        config: DecodeConfig,
+        run_id: str,
+        model_spec: str | None,
+        options: CaptionerOptions,
+        threads: int = 2,
+        ahead: int = 64,
+    ):
         self._config, self._run_id = config, run_id
+        self._spec, self._options = model_spec, options
         self._threads, self._ahead = threads, ahead
         self._ms = Metrics.counter(NAMESPACE, "decode_ms")
 
     def setup(self) -> None:
+        self._preprocess = load_preprocessor(self._spec, self._options)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
 
     def start_bundle(self) -> None:
@@ -110,7 +129,8 @@ class DecodeImages(beam.DoFn):
 
     def _timed_decode(self, entry: ShardEntry) -> tuple[ImageInput | FailureRow, float]:
         started = time.perf_counter()
-        return decode_entry(entry, self._config, self._run_id), time.perf_counter() - started
+        result = decode_entry(entry, self._config, self._run_id, self._preprocess)
+        return result, time.perf_counter() - started
 
     def _emit(self, done: tuple[ImageInput | FailureRow, float], windowed: bool) -> Any:
         result, seconds = done

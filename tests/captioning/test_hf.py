@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captioning.backends import CaptionerOptions, load_captioner
+from captioning.backends import CaptionerOptions, load_captioner, load_preprocessor
 from captioning.hf import HFCaptioner, ModelLoadError
 from tests.captioning.hf_tiny import FAMILIES, build, write_remote_code_config
 
@@ -114,8 +114,9 @@ def test_prompt_tokens_are_stripped(models, images, family):
 def test_vlm_uses_its_chat_template_and_default_instruction(models):
     cap = load_captioner("hf:" + str(models["image-text-to-text"]), GREEDY)
     assert cap.prompt == "Describe this image in one sentence."
-    assert cap._text.startswith("user:<image> Describe this image in one sentence.")
-    assert cap._text.endswith("assistant:")
+    text = cap.preprocessor().text
+    assert text.startswith("user:<image> Describe this image in one sentence.")
+    assert text.endswith("assistant:")
 
 
 def test_bfloat16(models, images):
@@ -250,8 +251,9 @@ def test_runs_under_beam_run_inference(models, images):
         (f"k{i}", r.caption)
         for i, r in enumerate(cap.caption([cap.preprocess(im) for im in images[:5]]))
     ]
+    prep = load_preprocessor(spec, GREEDY)  # what DecodeImages runs, without the model
     records = [
-        ImageInput(f"k{i}", "mem", f"{i}.png", "", im.width, im.height, "png", im)
+        ImageInput(f"k{i}", "mem", f"{i}.png", "", im.width, im.height, "png", prep(im))
         for i, im in enumerate(images[:5])
     ]
     with TestPipeline() as p:
@@ -262,3 +264,15 @@ def test_runs_under_beam_run_inference(models, images):
             | beam.Map(lambda r: (r.example.key, r.inference.caption))
         )
         assert_that(out, equal_to(expected))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_model_free_preprocessor_matches_the_captioner(models, images, family):
+    spec = "hf:" + str(models[family])
+    cap = load_captioner(spec, GREEDY)
+    prep = load_preprocessor(spec, GREEDY)
+    for im in images[:3]:
+        a, b = cap.preprocess(im), prep(im)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
