@@ -91,9 +91,10 @@ class Captioner(Protocol):
     version: str
 
     def preprocessor(self) -> Callable[[Image.Image], Any]:
-        """The per-image step alone, picklable: the Beam handler runs it in the worker even when
-        the model itself lives in a shared process (share_model_across_processes), so only
-        CPU tensors cross to the model and it moves them to its own device."""
+        """The per-image step alone (resize, normalise) -> CPU tensors; `load_preprocessor`
+        builds the same callable without loading the model. The pipeline runs it while decoding,
+        so only CPU tensors reach the model, which moves them to its own device (and may live in
+        another process when shared across workers)."""
         ...
 
     def preprocess(self, image: Image.Image) -> Any: ...
