@@ -50,3 +50,15 @@ def test_vocab_and_config_disagreeing_is_a_clear_error(tiny_checkpoint):
 def test_not_a_directory(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope")
+
+
+def test_model_free_preprocessor_matches_the_captioner(tiny_checkpoint):
+    from PIL import Image
+
+    from captioning.backends import load_preprocessor
+
+    cap = NativeCaptioner(tiny_checkpoint, CaptionerOptions(device="cpu"))
+    prep = load_preprocessor(str(tiny_checkpoint))
+    img = Image.new("RGB", (123, 45), (10, 200, 30))
+    assert torch.equal(prep(img), cap.preprocess(img))
+    assert prep(img).shape == (3, 32, 32)
