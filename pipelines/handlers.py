@@ -65,8 +65,13 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
         return NAMESPACE
 
     def get_num_bytes(self, batch: Sequence[ImageInput]) -> int:
-        # The default pickles the whole batch just to measure it.
-        return sum(x.width * x.height * 3 for x in batch)
+        # The bytes the model receives (preprocessed tensors); the default pickles the batch.
+        def nbytes(inputs: Any) -> int:
+            if isinstance(inputs, dict):
+                return sum(nbytes(v) for v in inputs.values())
+            return int(getattr(inputs, "nbytes", 0))
+
+        return sum(nbytes(x.inputs) for x in batch)
 
     def run_inference(
         self,
