@@ -21,7 +21,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from captioning.world import WorldImage, generate_image
+from captioning.world import IMAGE_FORMATS, WorldImage, generate_image
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class ArchiveConfig:
     format: str = "tar"
     workers: int = 2
     start: int = 0  # index of the first image: archives with other starts never share keys
+    image_format: str | None = None  # None: each image's drawn format (JPEG, PNG or WebP)
 
     def __post_init__(self) -> None:
         if self.images < 1:
@@ -57,15 +58,20 @@ class ArchiveConfig:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.image_format is not None and self.image_format not in IMAGE_FORMATS:
+            raise ValueError(
+                f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, "
+                f"got {self.image_format!r}"
+            )
 
 
-def _generate(args: tuple[int, int]) -> WorldImage:
+def _generate(args: tuple[int, int, str | None]) -> WorldImage:
     return generate_image(*args)
 
 
 def generate_images(config: ArchiveConfig) -> Iterator[WorldImage]:
     """Images in key order, rendered on `workers` processes."""
-    args = [(config.seed, config.start + i) for i in range(config.images)]
+    args = [(config.seed, config.start + i, config.image_format) for i in range(config.images)]
     if config.workers == 1:
         yield from map(_generate, args)
         return

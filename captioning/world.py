@@ -377,17 +377,25 @@ def encode(img: Image.Image, image_format: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def generate_image(seed: int, index: int) -> WorldImage:
-    """Image `index` of the world drawn with `seed`; independent of every other index."""
+IMAGE_FORMATS = ("jpg", "png", "webp")
+
+
+def generate_image(seed: int, index: int, image_format: str | None = None) -> WorldImage:
+    """Image `index` of the world drawn with `seed`; independent of every other index.
+
+    `image_format` forces one file format (an all-JPEG archive, as img2dataset writes); the scene
+    itself, and so the pixels before encoding, are the same as with the drawn format.
+    """
     rng = random.Random(f"imgindex-world-{seed}-{index}")
     scene = sample_scene(rng)
     caption, references = describe(scene, rng)
-    data = encode(render_scene(scene), scene.image_format, scene.quality)
+    fmt = scene.image_format if image_format is None else image_format
+    data = encode(render_scene(scene), fmt, scene.quality)
     return WorldImage(
         key=f"{index:09d}",
         scene=scene,
         data=data,
-        extension=scene.image_format,
+        extension=fmt,
         caption=caption,
         references=references,
     )

@@ -86,3 +86,12 @@ def test_annotation_is_the_documented_sidecar():
     assert set(ann) == {"caption", "references", "objects", "relation"}
     assert ann["caption"] == ann["references"][0]
     assert all(set(o) == {"shape", "color", "size"} for o in ann["objects"])
+
+
+def test_forced_image_format_keeps_the_scene():
+    drawn = generate_image(3, 4)
+    for fmt in ("jpg", "png", "webp"):
+        forced = generate_image(3, 4, image_format=fmt)
+        assert forced.extension == fmt and forced.caption == drawn.caption
+        assert forced.references == drawn.references
+        assert Image.open(io.BytesIO(forced.data)).format == {"jpg": "JPEG"}.get(fmt, fmt.upper())
