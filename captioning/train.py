@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from captioning.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from captioning.data import TrainingData
-from captioning.decoding import greedy
+from captioning.decoding import DecodeOptions, decode
 from captioning.model import CaptionModel, ModelConfig, caption_loss, concept_loss
 from captioning.preprocess import normalize
 from captioning.vocab import Vocabulary, tokenize
@@ -102,15 +102,18 @@ def validate(
     data: TrainingData,
     rows: list[int],
     batch_size: int = 128,
+    options: DecodeOptions | None = None,
 ) -> tuple[float, float | None]:
-    """Greedy captions of `rows` -> (CIDEr-D against their references, attribute accuracy)."""
+    """Captions of `rows` (greedy unless `options` say otherwise) -> (CIDEr-D, attribute acc.)."""
     model.eval()
+    options = DecodeOptions(max_length=model.config.max_length) if options is None else options
+    device = next(model.parameters()).device
     preds: dict[str, list[str]] = {}
     refs: dict[str, list[str]] = {}
     correct, judged = 0, 0
     for start in range(0, len(rows), batch_size):
         idx = rows[start : start + batch_size]
-        out = greedy(model, normalize(data.images[idx]), model.config.max_length)
+        out = decode(model, normalize(data.images[idx].to(device)), options)
         for i, tokens in zip(idx, out.tokens, strict=True):
             ex = data.examples[i]
             caption = vocab.decode(tokens)
@@ -128,7 +131,10 @@ def _save_state(out: Path, ckpt: Checkpoint, optimizer: torch.optim.Optimizer, s
     save_checkpoint(d, ckpt)
     opt = optimizer.state_dict()
     tensors = {f"{pid}.{name}": v for pid, s in opt["state"].items() for name, v in s.items()}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(d / "optimizer.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        str(d / "optimizer.safetensors"),
+    )
     state = {**state, "param_groups": opt["param_groups"]}
     (d / "state.json").write_text(json.dumps(state, indent=2))
 
@@ -153,12 +159,16 @@ def train(
     architecture: dict | None = None,
     on_step: ProgressFn | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[EpochReport]:
     """Train and keep the best epoch (by validation CIDEr) as the model in out_dir.
 
     `architecture` overrides ModelConfig fields (encoder_channels, hidden_dim, ...) of a new
-    model; a resumed run keeps the architecture it was started with.
+    model; a resumed run keeps the architecture it was started with. On a GPU `device` the
+    images are copied there once (uint8); the run is seeded the same way, but GPU kernels do not
+    promise the bit-for-bit results the CPU run gives.
     """
+    device = torch.device(device)
     out = Path(out_dir)
     image_size = data.images.shape[-1]
     train_rows, val_rows = split(data, config.val_fraction)
@@ -174,6 +184,7 @@ def train(
         model = CaptionModel(
             ModelConfig(vocab_size=len(vocab), image_size=image_size, **(architecture or {}))
         )
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state: dict[str, Any] = {"epoch": 0, "best_cider": -1.0, "bad_epochs": 0, "history": []}
     if resume:
@@ -181,6 +192,8 @@ def train(
         logger.info("resuming after epoch %d", state["epoch"])
 
     captions = _encode_captions(vocab, [e.caption for e in data.examples], model.config.max_length)
+    captions = captions.to(device)  # (N, T)
+    images = data.images.to(device)  # (N, 3, S, S) uint8: a no-op on the CPU
     reports = [EpochReport(**h) for h in state["history"]]
     for epoch in range(state["epoch"], config.epochs):
         if state["bad_epochs"] >= config.patience:
@@ -190,6 +203,7 @@ def train(
         gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         torch.manual_seed(config.seed * 1000 + epoch)
         order = torch.tensor(train_rows)[torch.randperm(len(train_rows), generator=gen)]
+        order = order.to(device)
         model.train()
         steps = math.ceil(len(order) / config.batch_size)
         total, started = 0.0, time.perf_counter()
@@ -197,7 +211,7 @@ def train(
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             caps = captions[idx]
             caps = caps[:, : int((caps != 0).sum(1).max())]  # (B, T): drop all-padding columns
-            logits, alphas, concepts = model.forward_train(normalize(data.images[idx]), caps)
+            logits, alphas, concepts = model.forward_train(normalize(images[idx]), caps)
             loss = caption_loss(logits, alphas, caps, config.alpha_c)
             if config.concept_weight:
                 loss = loss + config.concept_weight * concept_loss(concepts, caps)
