@@ -1,59 +1,66 @@
 #!/usr/bin/env bash
 # GPU check for hf: captioners; installs nothing. Builds BLIP-base and GIT-base architectures
-# (random weights, saved in float32, loaded in bfloat16), writes JPEG/PNG/WebP tar shards, then per
-# model reports:
-#   1. the Beam pipeline end to end (`imgindex caption`, DirectRunner): its own images/s table;
-#   2. benchmarks/gpu_throughput.py: our read -> decode -> preprocess -> caption loop with a
-#      prefetch thread (GPU JPEG decode, then CPU decode), the raw model on preprocessed batches
-#      already on the GPU, and peak GPU memory (torch.cuda.max_memory_allocated) for each.
-# Usage: bash benchmarks/gpu_check.sh [IMAGES] [SHARDS] [BATCH]   (defaults 512 8 64)
+# (random weights, saved in float32, loaded in bfloat16), writes all-JPEG WebDataset shards of the
+# generated world (img2dataset's layout), then per model reports (benchmarks/gpu_throughput.py):
+#   - the raw model on batches already preprocessed on the GPU (exactly 20 new tokens);
+#   - our read -> decode -> preprocess -> caption loop end to end, GPU JPEG decode and CPU decode;
+#   - peak GPU memory (torch.cuda.max_memory_allocated) of each, and GPU-vs-CPU decode agreement;
+#   - where Apache Beam is installed, `imgindex caption` (the Beam pipeline) end to end.
+# Usage: bash benchmarks/gpu_check.sh [IMAGES] [SHARDS] [BATCH...]   (defaults 4096 16 64 256)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-IMAGES=${1:-512}
-SHARDS=${2:-8}
-BATCH=${3:-64}
+IMAGES=${1:-4096}
+SHARDS=${2:-16}
+shift $(( $# > 2 ? 2 : $# )) || true
+BATCHES=${*:-64 256}
 WORK=${WORK:-/tmp/imgindex-gpu-check}
-PY=${PY:-.venv/bin/python}
-IMGINDEX=${IMGINDEX:-.venv/bin/imgindex}
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+if [ -x .venv/bin/python ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=".:${PYTHONPATH:-}"
 mkdir -p "$WORK"
 
-"$PY" - <<EOF
-import torch, transformers
-print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+"$PY" - <<PYEOF
+import os, torch, transformers
+print(f"device: {torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
       f"transformers {transformers.__version__}")
-EOF
+PYEOF
 
-"$PY" - "$WORK" <<'EOF'
-import sys
+"$PY" - "$WORK" "$IMAGES" "$SHARDS" <<'PYEOF'
+import os, sys, time
 from pathlib import Path
-sys.path.insert(0, ".")
+from captioning.archive import ArchiveConfig, write_archive
 from tests.captioning.hf_tiny import build
+work, images, shards = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+t = time.perf_counter()
 for family in ("blip", "git"):
-    d = Path(sys.argv[1]) / f"{family}-base"
+    d = work / f"{family}-base"
     if not (d / "config.json").is_file():
         build(family, d, "base")
-EOF
-
-if [ ! -d "$WORK/shards" ]; then
-  "$IMGINDEX" sample-archive "$WORK/shards" --images "$IMAGES" --shards "$SHARDS" --format tar \
-    --workers 8
-fi
+if not (work / "shards").is_dir():
+    write_archive(str(work / "shards"), ArchiveConfig(images=images, shards=shards, seed=11,
+                  workers=os.cpu_count() or 2, image_format="jpg"))
+print(f"models and {images} JPEG images ready in {time.perf_counter() - t:.0f} s", flush=True)
+PYEOF
 
 echo
 echo "| model | path | images/s | images | peak GPU memory |"
 echo "|---|---|---:|---:|---:|"
 for family in blip git; do
   "$PY" benchmarks/gpu_throughput.py "$WORK/$family-base" "$WORK/shards/*.tar" \
-    --batch-size "$BATCH" --dtype bfloat16
+    --batch-size $BATCHES --dtype bfloat16 --cpu-decode
 done
 
-for family in blip git; do
+if "$PY" -c "import apache_beam" 2>/dev/null; then
+  BATCH=${BATCHES##* }
+  for family in blip git; do
+    echo
+    echo "== imgindex caption (Beam), $family-base, batch $BATCH =="
+    start=$(date +%s.%N)
+    "$PY" -m pipelines.cli caption "$WORK/shards" --out "$WORK/out-$family" \
+      --model "hf:$WORK/$family-base" --batch-size "$BATCH" --beam-size 1 --device cuda --overwrite
+    end=$(date +%s.%N)
+    "$PY" -c "print(f'wall {($end - $start):.1f} s for $IMAGES images: {$IMAGES / ($end - $start):.1f} img/s including start-up')"
+  done
+else
   echo
-  echo "== imgindex caption (Beam DirectRunner), $family-base, batch $BATCH =="
-  start=$(date +%s.%N)
-  "$IMGINDEX" caption "$WORK/shards" --out "$WORK/out-$family" --model "hf:$WORK/$family-base" \
-    --batch-size "$BATCH" --beam-size 1 --device cuda --overwrite
-  end=$(date +%s.%N)
-  "$PY" -c "print(f'wall {($end - $start):.1f} s for $IMAGES images: {$IMAGES / ($end - $start):.1f} img/s including start-up')"
-done
+  echo "Apache Beam is not installed here: the Beam pipeline's own GPU run is skipped."
+fi

@@ -1,115 +1,141 @@
 """GPU images/s of an hf: captioner: shards -> read -> decode -> preprocess -> caption; raw model.
 
 This measures our own loop, not the Beam pipeline (benchmarks/gpu_check.sh times `imgindex
-caption` separately): a prefetch thread reads shard bytes (and, on the CPU-decode path, decodes
-them) while the main thread decodes JPEGs on the GPU (torchvision.io.decode_jpeg, device="cuda";
-other formats and undecodable files go through Pillow), preprocesses and captions. It then times the
-model alone on batches that are already preprocessed and on the GPU, and reports the peak GPU memory
-(torch.cuda.max_memory_allocated) of each part.
+caption` separately where Apache Beam is installed). A prefetch thread reads shard bytes and
+prepares whole batches ahead of the model, on its own CUDA stream:
+  - GPU path: captioning.gpu_decode.decode_batch (nvJPEG, batched; Pillow for what it refuses),
+    then the model's own image processor run on the GPU (transformers' torchvision-backed
+    processors take `device=`), so the pixels go through the same code as on the CPU path;
+  - CPU path: Pillow decode and the image processor in a thread pool, pinned host memory, a
+    non-blocking copy.
+The main thread only waits for a batch's event and runs generate. Then the model alone is timed on
+batches already preprocessed on the GPU, and the peak GPU memory of each part is reported.
+Finally the two paths are compared on the first batch: the largest pixel difference after
+preprocessing and the share of identical captions.
 
-    python benchmarks/gpu_throughput.py /tmp/bench/blip-base '/tmp/bench/shards/*.tar' \
-        --batch-size 64
+    python benchmarks/gpu_throughput.py /tmp/bench/blip-base '/tmp/bench/shards/*.tar' \\
+        --batch-size 64 256
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from captioning.backends import CaptionerOptions  # noqa: E402
 from captioning.decode import DecodeError, decode_image  # noqa: E402
+from captioning.gpu_decode import decode_batch  # noqa: E402
 from captioning.hf import HFCaptioner  # noqa: E402
 from captioning.shards import iter_shard, list_shards  # noqa: E402
 
-_JPEG = b"\xff\xd8\xff"
+
+def read_bytes(pattern: str, limit: int | None = None) -> list[bytes]:
+    out = []
+    for shard in list_shards(pattern):
+        for entry in iter_shard(shard):
+            if entry.data is not None:
+                out.append(entry.data)
+                if limit is not None and len(out) == limit:
+                    return out
+    return out
 
 
-def prefetch(pattern: str, decode_on_cpu: bool, depth: int = 256) -> queue.Queue:
-    """A queue filled by a thread with (bytes, PIL image or None) per image, then None."""
+def _batches(pattern: str, batch: int, limit: int | None = None):
+    pending: list[bytes] = []
+    count = 0
+    for shard in list_shards(pattern):
+        for entry in iter_shard(shard):
+            if entry.data is None:
+                continue
+            pending.append(entry.data)
+            if len(pending) == batch:
+                yield pending
+                pending, count = [], count + 1
+                if limit is not None and count == limit:
+                    return
+    if pending:
+        yield pending
+
+
+def gpu_pixels(cap: HFCaptioner, datas: list[bytes]) -> torch.Tensor:
+    """JPEG bytes -> (B, 3, S, S) pixel_values on the GPU in the model's dtype."""
+    decoded = decode_batch(datas, "cuda")
+    images = [im for im in decoded.images if im is not None]
+    pv = cap.image_processor(images=images, device="cuda", return_tensors="pt")["pixel_values"]
+    return pv.to(cap.dtype)  # (B, 3, S, S)
+
+
+def cpu_pixels(cap: HFCaptioner, datas: list[bytes], pool: ThreadPoolExecutor) -> torch.Tensor:
+    """Pillow decode + the image processor on CPU threads -> pinned (B, 3, S, S), then the GPU."""
+
+    def one(data: bytes) -> torch.Tensor | None:
+        try:
+            return cap.preprocess(decode_image(data).image)["pixel_values"]  # (1, 3, S, S)
+        except DecodeError:
+            return None
+
+    parts = [p for p in pool.map(one, datas) if p is not None]
+    pv = torch.cat(parts).pin_memory()  # (B, 3, S, S)
+    return pv.to("cuda", non_blocking=True).to(cap.dtype)
+
+
+def prefetch(
+    cap: HFCaptioner,
+    pattern: str,
+    batch: int,
+    gpu_decode: bool,
+    depth: int = 3,
+    limit: int | None = None,
+):
+    """A queue of (pixel_values on the GPU, ready event), then None; filled on a side stream."""
     q: queue.Queue = queue.Queue(maxsize=depth)
+    stream = torch.cuda.Stream()
+    pool = ThreadPoolExecutor(os.cpu_count() or 4)
 
     def fill() -> None:
-        for shard in list_shards(pattern):
-            for entry in iter_shard(shard):
-                if entry.data is None:
-                    continue
-                image = None
-                if decode_on_cpu or not entry.data.startswith(_JPEG):
-                    try:
-                        image = decode_image(entry.data).image
-                    except DecodeError:
-                        continue
-                q.put((entry.data, image))
+        with torch.cuda.stream(stream):
+            for datas in _batches(pattern, batch, limit):
+                pv = gpu_pixels(cap, datas) if gpu_decode else cpu_pixels(cap, datas, pool)
+                event = torch.cuda.Event()
+                event.record(stream)
+                q.put((pv, event))
         q.put(None)
 
     threading.Thread(target=fill, daemon=True).start()
     return q
 
 
-def gpu_pixel_values(cap: HFCaptioner, image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) uint8 on the GPU -> (1, 3, S, S) normalised as the model's image processor does."""
-    import torchvision.transforms.v2.functional as F
-
-    ip = cap.image_processor
-    size, crop = dict(ip.size), getattr(ip, "crop_size", None)
-    if "shortest_edge" in size:  # CLIP-style: shortest edge, then a centre crop
-        x = F.resize(image, size["shortest_edge"], antialias=True)  # (3, H', W')
-        x = F.center_crop(x, [crop["height"], crop["width"]])  # (3, S, S)
-    else:
-        x = F.resize(image, [size["height"], size["width"]], antialias=True)  # (3, S, S)
-    x = x.float().mul_(ip.rescale_factor)
-    x = F.normalize(x, ip.image_mean, ip.image_std)
-    return x.unsqueeze(0).to(cap.dtype)  # (3, S, S) -> (1, 3, S, S)
-
-
-def on_gpu(cap: HFCaptioner, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Pillow-path inputs in the GPU path's device and dtype, so one batch can mix both."""
-    return {
-        k: v.to("cuda", cap.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()
-    }
+def end_to_end(
+    cap: HFCaptioner, pattern: str, batch: int, gpu_decode: bool, limit: int | None = None
+) -> tuple[int, float]:
+    """Images captioned and seconds taken, over the shards (or `limit` batches of them)."""
+    q = prefetch(cap, pattern, batch, gpu_decode, limit=limit)
+    done, t = 0, time.perf_counter()
+    main = torch.cuda.current_stream()
+    while (item := q.get()) is not None:
+        pv, event = item
+        main.wait_event(event)
+        pv.record_stream(main)  # made on the side stream, used here: keep its memory till done
+        cap.caption([{"pixel_values": pv[i : i + 1]} for i in range(pv.shape[0])])
+        done += pv.shape[0]
+    torch.cuda.synchronize()
+    return done, time.perf_counter() - t
 
 
-def end_to_end(cap: HFCaptioner, pattern: str, batch: int, gpu_decode: bool) -> tuple[int, float]:
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    q = prefetch(pattern, decode_on_cpu=not gpu_decode)
-    done, pending, t = 0, [], time.perf_counter()
-    while True:
-        item = q.get()
-        if item is not None:
-            pending.append(item)
-        if pending and (len(pending) == batch or item is None):
-            jpegs = [torch.frombuffer(b, dtype=torch.uint8) for b, im in pending if im is None]
-            decoded = iter(
-                decode_jpeg(jpegs, mode=ImageReadMode.RGB, device="cuda") if jpegs else []
-            )
-            inputs = [
-                on_gpu(cap, cap.preprocess(im))
-                if im is not None
-                else {"pixel_values": gpu_pixel_values(cap, next(decoded))}
-                for _, im in pending
-            ]
-            cap.caption(inputs)
-            done, pending = done + len(inputs), []
-        if item is None:
-            torch.cuda.synchronize()
-            return done, time.perf_counter() - t
-
-
-def raw_model(cap: HFCaptioner, pattern: str, batch: int, repeats: int) -> float:
-    q = prefetch(pattern, decode_on_cpu=True)
-    images = []
-    while len(images) < batch and (item := q.get()) is not None:
-        images.append(item[1])
-    inputs = [on_gpu(cap, cap.preprocess(im)) for im in images]
+def raw_model(cap: HFCaptioner, datas: list[bytes], batch: int, repeats: int) -> float:
+    pv = gpu_pixels(cap, datas[:batch])
+    inputs = [{"pixel_values": pv[i : i + 1]} for i in range(pv.shape[0])]
     cap.caption(inputs)  # warm-up
     torch.cuda.synchronize()
     t = time.perf_counter()
@@ -119,14 +145,27 @@ def raw_model(cap: HFCaptioner, pattern: str, batch: int, repeats: int) -> float
     return len(inputs) * repeats / (time.perf_counter() - t)
 
 
+def compare_paths(cap: HFCaptioner, datas: list[bytes]) -> tuple[float, float]:
+    """(largest |pixel difference| after preprocessing, share of identical captions)."""
+    gpu = gpu_pixels(cap, datas)
+    with ThreadPoolExecutor(4) as pool:
+        cpu = cpu_pixels(cap, datas, pool)
+    diff = (gpu.float() - cpu.float()).abs().max().item()
+    a = cap.caption([{"pixel_values": gpu[i : i + 1]} for i in range(len(datas))])
+    b = cap.caption([{"pixel_values": cpu[i : i + 1]} for i in range(len(datas))])
+    same = sum(x.caption == y.caption for x, y in zip(a, b, strict=True)) / len(a)
+    return diff, same
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", help="a model directory (what follows hf:)")
     ap.add_argument("shards", help="shard pattern, e.g. '/tmp/shards/*.tar'")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[64])
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--new-tokens", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cpu-decode", action="store_true", help="also time the CPU decode path")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this benchmark is for a GPU machine")
@@ -138,26 +177,37 @@ def main() -> None:
         min_new_tokens=args.new_tokens,
     )
     cap = HFCaptioner(args.model, opts)
-    name = f"{cap.family} {args.dtype} b={args.batch_size}"
-    for gpu_decode in (True, False):
+    datas = read_bytes(args.shards, limit=max(args.batch_size))
+    for gpu_decode in (True, False):  # warm-up: kernels, nvJPEG handles, thread pools
+        end_to_end(cap, args.shards, min(args.batch_size), gpu_decode, limit=2)
+    for b in args.batch_size:
+        name = f"{cap.family} {args.dtype} b={b}"
         torch.cuda.reset_peak_memory_stats()
-        n, s = end_to_end(cap, args.shards, args.batch_size, gpu_decode)
+        ips = raw_model(cap, datas, b, args.repeats)
         peak = torch.cuda.max_memory_allocated() / 2**30
-        path = "GPU JPEG decode" if gpu_decode else "CPU decode (prefetch thread)"
         print(
-            f"| {name} | end to end, {path} | {n / s:.1f} img/s | {n} images | "
-            f"peak {peak:.2f} GiB |",
+            f"| {name} | raw model, preprocessed batch on GPU | {ips:.1f} img/s | "
+            f"{b * args.repeats} images | peak {peak:.2f} GiB |",
             flush=True,
         )
-    torch.cuda.reset_peak_memory_stats()
-    ips = raw_model(cap, args.shards, args.batch_size, args.repeats)
-    peak = torch.cuda.max_memory_allocated() / 2**30
+        for gpu_decode in (True, False) if args.cpu_decode else (True,):
+            torch.cuda.reset_peak_memory_stats()
+            n, s = end_to_end(cap, args.shards, b, gpu_decode)
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            path = "GPU JPEG decode" if gpu_decode else "CPU decode (thread pool)"
+            print(
+                f"| {name} | end to end, {path} | {n / s:.1f} img/s ({n / s / ips:.0%} of raw) | "
+                f"{n} images | peak {peak:.2f} GiB |",
+                flush=True,
+            )
+    diff, same = compare_paths(cap, datas[:64])
     print(
-        f"| {name} | raw model, preprocessed batch on GPU | {ips:.1f} img/s | "
-        f"{args.batch_size * args.repeats} images | peak {peak:.2f} GiB |",
+        f"| {cap.family} | GPU vs CPU decode path, 64 images | max pixel difference {diff:.4f} "
+        f"(normalised units) | identical captions {same:.0%} |",
         flush=True,
     )
 
 
 if __name__ == "__main__":
+    Image.init()  # register Pillow's plugins before the threads start
     main()

@@ -1,0 +1,87 @@
+"""JPEG bytes -> image tensors on a device, with Pillow as the fallback for whatever nvJPEG refuses.
+
+torchvision.io.decode_jpeg decodes a whole list of JPEGs in one call (nvJPEG's batched decoder on a
+CUDA device, libjpeg-turbo on the CPU). One undecodable file fails that call, so on an error the
+batch is retried one file at a time and only the files that still fail go to Pillow
+(captioning.decode, with its EXIF, CMYK and bomb handling). nvJPEG ignores EXIF orientation, so
+JPEGs that carry an orientation tag other than 1 also take the Pillow path: the output is the image
+a user sees, whichever path decoded it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from captioning.decode import DecodeConfig, DecodeError, decode_image
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    images: list[torch.Tensor | None]  # per input, (3, H, W) uint8 on the device; None = failed
+    errors: list[str | None]  # per input, "reason: message" of its DecodeError, else None
+    on_device: int  # how many the batched decoder handled (the rest went through Pillow)
+
+
+def is_plain_jpeg(data: bytes) -> bool:
+    """A JPEG that nvJPEG can decode as the user sees it: no EXIF orientation to apply."""
+    if not data.startswith(_JPEG_MAGIC):
+        return False
+    head = data[:65536]
+    at = head.find(b"Exif\x00\x00")
+    if at < 0:
+        return True
+    # orientation tag 0x0112 in either byte order, value other than 1 (cheap scan of the header)
+    for tag in (b"\x01\x12\x00\x03", b"\x12\x01\x03\x00"):
+        i = head.find(tag, at)
+        if i >= 0:
+            value = head[i + 8 : i + 10]
+            return value in (b"\x00\x01", b"\x01\x00")
+    return True
+
+
+def _pillow(data: bytes, config: DecodeConfig, device: torch.device) -> torch.Tensor:
+    image = decode_image(data, config).image
+    array = np.asarray(image.convert("RGB"))  # (H, W, 3)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).to(device)  # (3, H, W)
+
+
+def decode_batch(
+    datas: Sequence[bytes],
+    device: str | torch.device = "cuda",
+    config: DecodeConfig | None = None,
+) -> DecodedBatch:
+    """Decode every input; plain JPEGs in one batched call on `device`, the others via Pillow."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    config = DecodeConfig() if config is None else config
+    images: list[torch.Tensor | None] = [None] * len(datas)
+    errors: list[str | None] = [None] * len(datas)
+    jpeg = [i for i, d in enumerate(datas) if is_plain_jpeg(d)]
+    fast: dict[int, torch.Tensor] = {}
+    if jpeg:
+        tensors = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpeg]
+        try:
+            out = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+            fast = dict(zip(jpeg, out, strict=True))
+        except RuntimeError:  # one bad file fails the batched call: retry one at a time
+            for i, t in zip(jpeg, tensors, strict=True):
+                try:
+                    fast[i] = decode_jpeg(t, mode=ImageReadMode.RGB, device=device)
+                except RuntimeError:
+                    pass  # Pillow below: it decodes what it can and names the reason otherwise
+    for i, data in enumerate(datas):
+        if i in fast:
+            images[i] = fast[i]
+            continue
+        try:
+            images[i] = _pillow(data, config, device)
+        except DecodeError as e:
+            errors[i] = str(e)
+    return DecodedBatch(images, errors, len(fast))
