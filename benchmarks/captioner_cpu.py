@@ -10,6 +10,7 @@ relative to batch 1 measured in the same run (the baseline). Inputs are preproce
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -56,42 +57,52 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32,128")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=5)
+    ap.add_argument(
+        "--dtypes",
+        default="float32,auto",
+        help="encoder dtypes to compare (CaptionerOptions.dtype; auto = what the CLI uses)",
+    )
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
-    cap = NativeCaptioner(args.model, CaptionerOptions(device="cpu", beam_size=1))
+    caps = {
+        d: NativeCaptioner(args.model, CaptionerOptions(device="cpu", beam_size=1, dtype=d))
+        for d in args.dtypes.split(",")
+    }
+    cap = next(iter(caps.values()))
     size = cap.image_size
     pool = torch.stack([to_model_input(_rgb(i), size) for i in range(args.images)])  # (N,3,S,S)
     print(f"machine: {machine()}")
     print(f"model: {cap.name} {cap.version}, input {size}x{size}, {args.images} world images\n")
-    print("| decoding | batch | images/s | per-image ms | per-image cost vs batch 1 |")
-    print("|---|---:|---:|---:|---:|")
-    for beam in (1, 3):
+    print("| encoder dtype | decoding | batch | images/s | per-image ms | cost vs batch 1 |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (dtype, cap), beam in itertools.product(caps.items(), (1, 3)):
         options = DecodeOptions(beam_size=beam, max_length=cap.model.config.max_length)
         base_ms = None
+        label = f"{dtype} ({str(cap.encoder_dtype).removeprefix('torch.')})"
         for b in batches:
             chunks = [pool[i : i + b] for i in range(0, args.images - b + 1, b)] or [pool[:b]]
 
-            def run(chunks=chunks, options=options) -> None:
+            def run(chunks=chunks, options=options, model=cap.model) -> None:
                 for c in chunks:
-                    decode(cap.model, normalize(c), options)
+                    decode(model, normalize(c), options)
 
             n = sum(len(c) for c in chunks)
             sec = timed(run, args.repeats)
             ms = 1000 * sec / n
             base_ms = base_ms or ms
             name = "greedy" if beam == 1 else f"beam {beam}"
-            print(f"| {name} | {b} | {n / sec:.1f} | {ms:.2f} | {ms / base_ms:.2f} |")
+            print(f"| {label} | {name} | {b} | {n / sec:.1f} | {ms:.2f} | {ms / base_ms:.2f} |")
 
     # Training throughput: a fresh model of the same architecture, batch 64, teacher forcing.
     model = CaptionModel(cap.model.config).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    caps = _captions(cap.vocab)  # (64, T)
+    words = _captions(cap.vocab)  # (64, T)
     images = normalize(pool[:64].repeat(1 + 64 // len(pool), 1, 1, 1)[:64])
 
     def step() -> None:
-        logits, alphas = model(images, caps)
-        loss = caption_loss(logits, alphas, caps)
+        logits, alphas = model(images, words)
+        loss = caption_loss(logits, alphas, words)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -37,8 +37,10 @@ class CaptionerOptions:
     beam_size: int = 3
     max_length: int = 24
     length_penalty: float = 1.0
-    # Hugging Face models only (hf:NAME_OR_PATH); the defaults leave the native model unchanged.
-    dtype: str = "auto"  # float32, float16, bfloat16; "auto" = bfloat16 on cuda, float32 elsewhere
+    # Hugging Face models: the dtype of the whole model. Native model: the dtype its CNN encoder
+    # computes in (through autocast; the LSTM decoder stays float32). "auto" = bfloat16 on cuda
+    # and on CPUs with native bf16 (AVX-512 BF16 / AMX) for the native model; float32 otherwise.
+    dtype: str = "auto"  # float32, float16, bfloat16, auto
     num_return_sequences: int = 1  # candidates per image, best first; at most beam_size
     min_new_tokens: int | None = None
     prompt: str | None = None  # None = the family's default instruction or task prompt
@@ -102,6 +104,42 @@ class Captioner(Protocol):
     def caption(self, inputs: Sequence[Any]) -> list[CaptionResult]: ...
 
 
+def native_encoder_dtype(options: CaptionerOptions, device: torch.device) -> torch.dtype:
+    """The dtype the native CNN encoder runs in (see CaptionerOptions.dtype)."""
+    if options.dtype != "auto":
+        return getattr(torch, options.dtype)
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu" and _cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class _AutocastEncoder(torch.nn.Module):
+    """Runs the wrapped encoder under autocast and hands float32 features to the decoder.
+
+    The encoder's convolutions are most of the native model's cost; in bf16 they run on the CPU's
+    AVX-512 BF16 units (measured: 2x faster at batch 32 on the dev machine) or a GPU's tensor
+    cores, while attention and the LSTM keep float32 so that word choices stay stable.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner, self.dtype = encoder, dtype
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(images.device.type, dtype=self.dtype):
+            feats = self.inner(images)  # (B, N, C)
+        return feats.float()
+
+
 class NativeCaptioner:
     """The project's own Show-Attend-Tell model from a model directory (default: shipped one)."""
 
@@ -116,6 +154,10 @@ class NativeCaptioner:
         self.model, self.vocab = ckpt.model, ckpt.vocab
         self.name, self.version = ckpt.name, ckpt.version
         self.image_size = self.model.config.image_size
+        self.encoder_dtype = native_encoder_dtype(options, self.device)
+        if self.encoder_dtype != torch.float32:
+            # this captioner's own model instance; decoding only calls encoder(images)
+            self.model.encoder = _AutocastEncoder(self.model.encoder, self.encoder_dtype)  # type: ignore[assignment]
         self.decode_options = DecodeOptions(
             options.beam_size, options.max_length, options.length_penalty
         )

@@ -62,3 +62,29 @@ def test_model_free_preprocessor_matches_the_captioner(tiny_checkpoint):
     img = Image.new("RGB", (123, 45), (10, 200, 30))
     assert torch.equal(prep(img), cap.preprocess(img))
     assert prep(img).shape == (3, 32, 32)
+
+
+def test_bf16_encoder_runs_in_bf16_and_decodes_in_float32(tiny_checkpoint):
+    from PIL import Image
+
+    from captioning.backends import native_encoder_dtype
+
+    torch.manual_seed(4)
+    images = [Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy()) for _ in range(3)]
+    f32 = NativeCaptioner(tiny_checkpoint, CaptionerOptions(device="cpu", dtype="float32"))
+    bf16 = NativeCaptioner(tiny_checkpoint, CaptionerOptions(device="cpu", dtype="bfloat16"))
+    assert f32.encoder_dtype == torch.float32 and bf16.encoder_dtype == torch.bfloat16
+    x = torch.stack([f32.preprocess(i) for i in images]).float() / 255  # (3, 3, S, S)
+    a, b = f32.model.encoder(x), bf16.model.encoder(x)  # (B, N, C) each
+    assert b.dtype == torch.float32  # the decoder gets float32 features
+    assert not torch.equal(a, b)  # the convolutions really ran in bf16 ...
+    assert torch.allclose(a, b, atol=0.1, rtol=0.05)  # ... and stay close to float32
+    results = bf16.caption([bf16.preprocess(i) for i in images])
+    assert len(results) == 3 and all(isinstance(r.caption, str) for r in results)
+    # auto: bf16 on cuda, float32 or bf16 on a CPU depending on its bf16 support
+    assert native_encoder_dtype(CaptionerOptions(dtype="auto"), torch.device("cuda")) == (
+        torch.bfloat16
+    )
+    assert native_encoder_dtype(CaptionerOptions(dtype="float16"), torch.device("cpu")) == (
+        torch.float16
+    )
