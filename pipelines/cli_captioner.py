@@ -37,11 +37,24 @@ def sample_archive(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     fmt: Annotated[str, typer.Option("--format", help="folder, tar or parquet.")] = "tar",
     workers: Annotated[int, typer.Option("--workers")] = 2,
+    image_format: Annotated[
+        str | None,
+        typer.Option(
+            "--image-format", help="jpg, png or webp for every image (default: a mix of the three)."
+        ),
+    ] = None,
 ) -> None:
     """Generate a world of shapes with exact captions (the default model's world)."""
     from captioning.archive import ArchiveConfig, write_archive
 
-    config = ArchiveConfig(images=images, shards=shards, seed=seed, format=fmt, workers=workers)
+    config = ArchiveConfig(
+        images=images,
+        shards=shards,
+        seed=seed,
+        format=fmt,
+        workers=workers,
+        image_format=image_format,
+    )
     files = write_archive(out_dir, config)
     err.print(
         f"wrote {images} images ({fmt}, {len(files) if fmt != 'folder' else 1} "
@@ -75,6 +88,16 @@ def train(
         bool, typer.Option("--resume", help="Continue after the last epoch.")
     ] = False,
     workers: Annotated[int, typer.Option("--workers", help="Decoding processes.")] = 2,
+    encoder_channels: Annotated[
+        str | None,
+        typer.Option(
+            "--encoder-channels",
+            help="Channels of each encoder stage, e.g. 32,64,128,192 (a new model only).",
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu, cuda or auto (cuda when present).")
+    ] = "cpu",
 ) -> None:
     """Train the Show-Attend-Tell captioner on an archive with caption sidecars."""
     import torch
@@ -95,6 +118,23 @@ def train(
     )
     if threads:
         torch.set_num_threads(threads)
+    architecture = None
+    if encoder_channels is not None:
+        if resume:
+            fail("--encoder-channels: a resumed run keeps the architecture it started with")
+        try:
+            channels = tuple(int(c) for c in encoder_channels.split(","))
+        except ValueError:
+            fail(f"--encoder-channels: expected integers like 32,64,128, got {encoder_channels!r}")
+        if not channels or min(channels) < 1:
+            fail(f"--encoder-channels: expected positive integers, got {encoder_channels!r}")
+        architecture = {"encoder_channels": channels}
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        fail(f"--device: expected cpu, cuda or auto, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is available (use --device cpu)")
     if resume and not (out_dir / ".train-state" / "state.json").is_file():
         fail(f"--resume: {out_dir} has no training state to resume from")
     if not resume and (out_dir / "model.safetensors").exists():
@@ -127,7 +167,14 @@ def train(
             )
 
         reports = run_training(
-            dataset, out_dir, config, resume=resume, on_step=on_step, on_epoch=on_epoch
+            dataset,
+            out_dir,
+            config,
+            resume=resume,
+            architecture=architecture,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            device=device,
         )
     best = max(reports, key=lambda r: r.val_cider)
     err.print(f"best epoch {best.epoch}: val CIDEr {best.val_cider:.3f}; model in {out_dir}")

@@ -190,3 +190,38 @@ def test_usage_errors_are_messages_not_tracebacks(args, message):
     proc = imgindex(*args)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "tpu"], "--device: expected cpu, cuda or auto"),
+        (["--encoder-channels", "32,wide"], "--encoder-channels: expected integers"),
+        (["--encoder-channels", "32,0"], "--encoder-channels: expected positive integers"),
+        (["--encoder-channels", "32,64", "--resume"], "keeps the architecture"),
+    ],
+)
+def test_train_rejects_bad_device_and_architecture(tmp_path, args, message):
+    proc = imgindex("train", str(tmp_path), "--out", str(tmp_path / "m"), *args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_sample_archive_with_one_image_format(tmp_path):
+    out = tmp_path / "jpegs"
+    imgindex(
+        "sample-archive",
+        str(out),
+        "--images",
+        "6",
+        "--format",
+        "folder",
+        "--image-format",
+        "jpg",
+        check=True,
+    )
+    assert (
+        sorted(p.suffix for p in out.iterdir() if p.suffix not in (".json", ".txt")) == [".jpg"] * 6
+    )
+    proc = imgindex("sample-archive", str(tmp_path / "x"), "--image-format", "gif")
+    assert proc.returncode == 2 and "--image-format must be one of jpg, png, webp" in proc.stderr
