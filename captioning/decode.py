@@ -7,9 +7,11 @@ never written: this module may run in many threads of one worker.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,11 +91,32 @@ def decode_image(data: bytes, config: DecodeConfig = DecodeConfig()) -> DecodedI
         DecodeError: with `reason` one of "empty", "unidentified", "truncated",
             "decompression_bomb", "unsupported_mode", "corrupt".
     """
+    with _pillow_errors(data):
+        with Image.open(io.BytesIO(data)) as img:
+            return _decode_opened(img, config)
+
+
+def read_header(data: bytes, config: DecodeConfig = DecodeConfig()) -> tuple[int, int, str]:
+    """(width, height, format) as the file's header declares them, decoding no pixels.
+
+    Raises the DecodeError decode_image would raise for an empty, unidentified or oversized file;
+    an error in the pixel data itself only shows when the pixels are decoded. The size is the
+    stored one: callers apply EXIF orientation themselves (gpu_decode.is_plain_jpeg refuses it).
+    """
+    with _pillow_errors(data):
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            _check_size(w, h, config)
+            return w, h, img.format or "UNKNOWN"
+
+
+@contextlib.contextmanager
+def _pillow_errors(data: bytes) -> Iterator[None]:
+    """Pillow's exceptions while opening or decoding `data` -> DecodeError with a stable reason."""
     if len(data) == 0:
         raise DecodeError("empty", "the file is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return _decode_opened(img, config)
+        yield
     except DecodeError:
         raise
     except Image.UnidentifiedImageError as exc:
@@ -114,14 +137,18 @@ def decode_image(data: bytes, config: DecodeConfig = DecodeConfig()) -> DecodedI
         raise DecodeError("corrupt", f"the image data cannot be decoded: {text}") from exc
 
 
-def _decode_opened(img: Image.Image, config: DecodeConfig) -> DecodedImage:
-    stored_w, stored_h = img.size  # declared by the header; no pixels decoded yet
-    if stored_w * stored_h > config.max_pixels:
+def _check_size(w: int, h: int, config: DecodeConfig) -> None:
+    if w * h > config.max_pixels:
         raise DecodeError(
             "decompression_bomb",
-            f"the file declares {stored_w}x{stored_h} = {stored_w * stored_h:,} pixels, "
+            f"the file declares {w}x{h} = {w * h:,} pixels, "
             f"over the limit of {config.max_pixels:,}",
         )
+
+
+def _decode_opened(img: Image.Image, config: DecodeConfig) -> DecodedImage:
+    stored_w, stored_h = img.size  # declared by the header; no pixels decoded yet
+    _check_size(stored_w, stored_h, config)
     fmt = img.format or "UNKNOWN"
     if config.draft_size is not None and fmt in _JPEG_FORMATS:
         # A JPEG's EXIF sits in its header, so reading it decodes nothing. The draft box is in
