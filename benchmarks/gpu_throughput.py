@@ -3,9 +3,10 @@
 This measures our own loop, not the Beam pipeline (benchmarks/gpu_check.sh times `imgindex
 caption` separately where Apache Beam is installed). A prefetch thread reads shard bytes and
 prepares whole batches ahead of the model, on its own CUDA stream:
-  - GPU path: captioning.gpu_decode.decode_batch (nvJPEG, batched; Pillow for what it refuses),
-    then the model's own image processor run on the GPU (transformers' torchvision-backed
-    processors take `device=`), so the pixels go through the same code as on the CPU path;
+  - GPU path: HFCaptioner.preprocess_encoded, as the pipeline's --decode-on device runs it:
+    captioning.gpu_decode.decode_batch (nvJPEG, batched; Pillow for what it refuses), then the
+    model's own image processor on the GPU (transformers' torchvision-backed processors take
+    `device=`), so the pixels go through the same code as on the CPU path;
   - CPU path: Pillow decode and the image processor in a thread pool, pinned host memory, a
     non-blocking copy.
 The main thread only waits for a batch's event and runs generate. Then the model alone is timed on
@@ -35,7 +36,6 @@ from PIL import Image  # noqa: E402
 
 from captioning.backends import CaptionerOptions  # noqa: E402
 from captioning.decode import DecodeError, decode_image  # noqa: E402
-from captioning.gpu_decode import decode_batch  # noqa: E402
 from captioning.hf import HFCaptioner  # noqa: E402
 from captioning.shards import iter_shard, list_shards  # noqa: E402
 
@@ -69,11 +69,12 @@ def _batches(pattern: str, batch: int, limit: int | None = None):
 
 
 def gpu_pixels(cap: HFCaptioner, datas: list[bytes]) -> torch.Tensor:
-    """JPEG bytes -> (B, 3, S, S) pixel_values on the GPU in the model's dtype."""
-    decoded = decode_batch(datas, "cuda")
-    images = [im for im in decoded.images if im is not None]
-    pv = cap.image_processor(images=images, device="cuda", return_tensors="pt")["pixel_values"]
-    return pv.to(cap.dtype)  # (B, 3, S, S)
+    """JPEG bytes -> (B, 3, S, S) pixel_values on the GPU in the model's dtype: the pipeline's
+    --decode-on device path (HFCaptioner.preprocess_encoded: nvJPEG, then the image processor on
+    the GPU); undecodable files are left out."""
+    prepared = cap.preprocess_encoded(datas)
+    pv = torch.cat([p["pixel_values"] for p in prepared if isinstance(p, dict)])  # (B, 3, S, S)
+    return pv.to(cap.dtype)
 
 
 def cpu_pixels(cap: HFCaptioner, datas: list[bytes], pool: ThreadPoolExecutor) -> torch.Tensor:

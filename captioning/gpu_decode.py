@@ -22,9 +22,24 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedImage:
+    """A plain JPEG passed to the model's process undecoded, to be decoded on its device.
+
+    The pipeline sends these instead of preprocessed tensors when the captioner decodes on its
+    device (HFCaptioner.preprocess_encoded); `nbytes` is what Beam's batching counts.
+    """
+
+    data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
 class DecodedBatch:
     images: list[torch.Tensor | None]  # per input, (3, H, W) uint8 on the device; None = failed
-    errors: list[str | None]  # per input, "reason: message" of its DecodeError, else None
+    errors: list[DecodeError | None]  # per input, why it could not be decoded, else None
     on_device: int  # how many the batched decoder handled (the rest went through Pillow)
 
 
@@ -62,7 +77,7 @@ def decode_batch(
     device = torch.device(device)
     config = DecodeConfig() if config is None else config
     images: list[torch.Tensor | None] = [None] * len(datas)
-    errors: list[str | None] = [None] * len(datas)
+    errors: list[DecodeError | None] = [None] * len(datas)
     jpeg = [i for i, d in enumerate(datas) if is_plain_jpeg(d)]
     fast: dict[int, torch.Tensor] = {}
     if jpeg:
@@ -83,5 +98,5 @@ def decode_batch(
         try:
             images[i] = _pillow(data, config, device)
         except DecodeError as e:
-            errors[i] = str(e)
+            errors[i] = e
     return DecodedBatch(images, errors, len(fast))

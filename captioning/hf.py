@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 
 from captioning.backends import CaptionerOptions, CaptionResult
+from captioning.decode import DecodeError
+from captioning.gpu_decode import decode_batch
 from captioning.hf_resolve import ModelLoadError, ResolvedModel, resolve
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,11 @@ _PER_IMAGE_TEXT = ("image-text-to-text", "florence2")
 # measured on CPU (GIT-base, 3 beams): 8 images per generate call 2.6 s/image, 32 images 3.4 s,
 # 1 image 3.5 s. So a big batch runs as sub-batches of at most this many sequences.
 MAX_BEAM_SEQUENCES = 24
+# On a CPU, images per generate call. BLIP's and GIT's vision towers use eager attention (no SDPA in
+# transformers), which materialises (B, 12, 577, 577) attention probabilities for BLIP at 384 px;
+# past ~8 images they outgrow the caches. Measured (BLIP-base, 2 cores, bf16, per-image cost vs
+# batch 1): 8 images 0.45, 32 images 0.64; float32: 0.71, 0.80. GPUs take the whole batch.
+MAX_CPU_IMAGES = 8
 _SEQUENCE_KEYS: dict[str, int | None] = {
     "input_ids": None,
     "attention_mask": 0,
@@ -139,6 +146,12 @@ class HFPreprocessor:
 
     def __init__(self, processor: Any, text: str | None):
         self.processor, self.text = processor, text
+
+    @property
+    def decodes_on_device(self) -> bool:
+        """Whether HFCaptioner.preprocess_encoded can take this model's images (no per-image
+        text: the image processor alone, which runs on torch tensors on any device)."""
+        return self.text is None
 
     def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
         if self.text is not None:
@@ -257,6 +270,31 @@ class HFCaptioner:
         """One RGB image -> this model's input tensors for it (batch dimension 1), picklable."""
         return self.preprocessor()(image)
 
+    def preprocess_encoded(
+        self, datas: Sequence[bytes]
+    ) -> list[dict[str, torch.Tensor] | DecodeError]:
+        """JPEG files -> this model's inputs, decoded and preprocessed on the model's device.
+
+        nvJPEG decodes the batch on a GPU (captioning.gpu_decode; Pillow for what it refuses), then
+        the model's own image processor resizes and normalises the tensors where they are, so the
+        pixels go through the same code as preprocess(). A file that cannot be decoded gives its
+        DecodeError in its place.
+        """
+        if not self._preprocessor.decodes_on_device:
+            raise ValueError(f"{self.name}: its processor needs text per image; decode on the CPU")
+        decoded = decode_batch(datas, self.device)
+        out: list[dict[str, torch.Tensor] | DecodeError] = [
+            e if e is not None else {} for e in decoded.errors
+        ]
+        good = [i for i, im in enumerate(decoded.images) if im is not None]
+        if good:
+            pv = self.image_processor(
+                images=[decoded.images[i] for i in good], device=self.device, return_tensors="pt"
+            )["pixel_values"]  # (G, 3, S, S)
+            for j, i in enumerate(good):
+                out[i] = {"pixel_values": pv[j : j + 1]}  # (1, 3, S, S)
+        return out
+
     @torch.inference_mode()
     def caption(self, inputs: Sequence[dict[str, torch.Tensor]]) -> list[CaptionResult]:
         if not inputs:
@@ -267,6 +305,8 @@ class HFCaptioner:
             if self.options.beam_size == 1
             else max(1, MAX_BEAM_SEQUENCES // self.options.beam_size)
         )
+        if self.device.type == "cpu":
+            step = min(step, MAX_CPU_IMAGES)
         for group in _groups(inputs):  # one group unless image-side shapes differ (dynamic VLMs)
             for s in range(0, len(group), step):
                 idx = group[s : s + step]

@@ -29,7 +29,7 @@ import fsspec
 from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.ml.inference.base import RunInference
 
-from captioning.backends import CaptionerOptions, model_identity
+from captioning.backends import CaptionerOptions, load_preprocessor, model_identity
 from captioning.decode import DecodeConfig
 from captioning.shards import ReadConfig, Shard, list_shards
 from pipelines import imgindex_version
@@ -40,6 +40,9 @@ from pipelines.records import CAPTION_SCHEMA, FAILURE_SCHEMA
 from pipelines.transforms import FAILURES, CountFailures, DecodeImages, ReadShard, ToRows
 
 logger = logging.getLogger(__name__)
+
+
+DECODE_ON = ("auto", "cpu", "device")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +57,16 @@ class CaptionConfig:
     # draft_size None: decode JPEGs at the model's input size (see run_caption)
     decode: DecodeConfig = field(default_factory=lambda: DecodeConfig(draft_size=None))
     model_copies: int | None = None  # >1 (or 1) shares the model across a worker's processes
+    # Where plain JPEGs are decoded: "cpu" (DecodeImages, Pillow), "device" (the captioner's own
+    # device, nvJPEG on a GPU: Hugging Face models without per-image text only), "auto" = device
+    # when the captioner runs on a GPU and can, else cpu.
+    decode_on: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.decode_on not in DECODE_ON:
+            raise ValueError(
+                f"--decode-on must be one of {', '.join(DECODE_ON)}, got {self.decode_on!r}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.model_copies is not None and self.model_copies < 1:
@@ -120,7 +131,7 @@ def build_pipeline(
         >> beam.ParDo(ReadShard(config.read, run_id)).with_outputs(FAILURES, main="entries")
     )
     decoded = read.entries | "DecodeImages" >> beam.ParDo(
-        DecodeImages(config.decode, run_id, config.model, config.captioner)
+        DecodeImages(config.decode, run_id, config.model, config.captioner, config.decode_on)
     ).with_outputs(FAILURES, main="images")
     handler = CaptionModelHandler(
         config.model, config.captioner, config.batch_size, config.model_copies
@@ -173,6 +184,13 @@ def run_caption(
         config = dataclasses.replace(
             config, decode=dataclasses.replace(config.decode, draft_size=(side, side))
         )
+    if config.decode_on == "device" and not getattr(
+        load_preprocessor(config.model, config.captioner), "decodes_on_device", False
+    ):
+        raise ValueError(
+            f"--decode-on device: {model_name} cannot decode on its device (only Hugging Face "
+            "models without per-image text can: BLIP, GIT, ViT-GPT2, BLIP-2); use --decode-on cpu"
+        )
     prepare_output(config.out, config.overwrite)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     # Live progress only where workers can write beside the output (a local run).
@@ -183,11 +201,12 @@ def run_caption(
 
     started = time.perf_counter()
     stop = threading.Event()
-    if progress_dir is not None:
+    if progress_dir is not None and on_progress is not None:
+        report = on_progress
 
         def poll() -> None:
             while not stop.wait(0.5):
-                on_progress(read_progress(progress_dir), time.perf_counter() - started)
+                report(read_progress(progress_dir), time.perf_counter() - started)
 
         threading.Thread(target=poll, daemon=True).start()
     try:
@@ -196,7 +215,7 @@ def run_caption(
         result = p.run()
         result.wait_until_finish()
         seconds = time.perf_counter() - started
-        if progress_dir is not None:
+        if progress_dir is not None and on_progress is not None:
             on_progress(read_progress(progress_dir), seconds)
     finally:
         stop.set()

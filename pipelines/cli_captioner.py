@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -27,6 +27,9 @@ from pipelines.cli_common import (
     fail,
     out,
 )
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @app.command("sample-archive")
@@ -180,7 +183,9 @@ def train(
     err.print(f"best epoch {best.epoch}: val CIDEr {best.val_cider:.3f}; model in {out_dir}")
 
 
-def _read_images(paths: list[Path]) -> tuple[list[tuple[Path, object]], list[tuple[Path, str]]]:
+def _read_images(
+    paths: list[Path],
+) -> tuple[list[tuple[Path, Image.Image]], list[tuple[Path, str]]]:
     from captioning.decode import DecodeError, decode_image
 
     good, bad = [], []
@@ -257,6 +262,7 @@ def explain(
     captioner = load_captioner(model, CaptionerOptions(device="cpu", beam_size=beam_size))
     if not isinstance(captioner, NativeCaptioner):
         fail("explain needs an imgindex attention model (native:DIR), not a Hugging Face model")
+    assert isinstance(captioner, NativeCaptioner)  # fail() exits; this tells the type checker
     good, bad = _read_images([image])
     if bad:
         fail(f"{image}: {bad[0][1]}")

@@ -71,6 +71,14 @@ PickleOpt = Annotated[
 ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", help="torch CPU threads per process (cores / processes).")
 ]
+DecodeOnOpt = Annotated[
+    str,
+    typer.Option(
+        "--decode-on",
+        help="Where JPEGs are decoded: cpu, device (the model's GPU; HF models without a "
+        "per-image prompt) or auto (device when the model is on a GPU and can).",
+    ),
+]
 
 
 def captioner_options(

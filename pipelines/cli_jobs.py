@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
 
 from pipelines.cli_common import (
     BeamOpt,
+    DecodeOnOpt,
     DeviceOpt,
     DTypeOpt,
     MaxLenOpt,
@@ -39,6 +40,7 @@ def _caption_config(
     overwrite: bool,
     image_column: str,
     model_copies: int | None,
+    decode_on: str = "auto",
 ):
     from captioning.shards import ReadConfig
     from pipelines.caption_pipeline import CaptionConfig
@@ -52,6 +54,7 @@ def _caption_config(
         captioner=captioner,
         read=ReadConfig(image_column=image_column),
         model_copies=model_copies,
+        decode_on=decode_on,
     )
 
 
@@ -127,6 +130,7 @@ def caption(
             "--model-copies", help="Share the model across a worker's processes, N copies."
         ),
     ] = None,
+    decode_on: DecodeOnOpt = "auto",
 ) -> None:
     """Caption an archive with a Beam pipeline: captions and failures to Parquet."""
     options = captioner_options(
@@ -141,7 +145,15 @@ def caption(
         threads,
     )
     config = _caption_config(
-        input_, out_dir, model, batch_size, options, overwrite, image_column, model_copies
+        input_,
+        out_dir,
+        model,
+        batch_size,
+        options,
+        overwrite,
+        image_column,
+        model_copies,
+        decode_on,
     )
     _run_caption_with_display(config, list(ctx.args))
 
@@ -272,12 +284,9 @@ def search(
             )
         return
     table = Table(title=f"“{query}”")
-    for col, just in (
-        ("rank", "right"),
-        ("score", "right"),
-        ("caption", "left"),
-        ("source", "left"),
-    ):
+    right: Literal["right"] = "right"
+    left: Literal["left"] = "left"
+    for col, just in (("rank", right), ("score", right), ("caption", left), ("source", left)):
         table.add_column(col, justify=just)
     for h in hits:
         table.add_row(str(h.rank), f"{h.score:.3f}", h.caption, f"{h.source} :: {h.member}")

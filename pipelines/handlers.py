@@ -18,6 +18,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from captioning.backends import Captioner, CaptionerOptions, CaptionResult, load_captioner
+from captioning.decode import DecodeError
+from captioning.gpu_decode import EncodedImage
 from pipelines.records import ImageInput
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ LOAD_LOG_ENV = "IMGINDEX_MODEL_LOAD_LOG"  # a file to append one line per model 
 class CaptionFailure:
     error_type: str
     message: str
+    stage: str = "caption"  # "decode" for an image the model's device could not decode
 
 
 class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner]):
@@ -80,21 +83,38 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         # Inputs arrive preprocessed (DecodeImages ran the captioner's preprocessor): only CPU
-        # tensors reach the model, which may live in another process when it is shared.
-        inputs = [x.inputs for x in batch]
+        # tensors reach the model, which may live in another process when it is shared. The
+        # exception: plain JPEGs for a captioner that decodes on its device arrive as
+        # EncodedImage and are decoded and preprocessed there, in one batch.
         started = time.perf_counter()
-        try:
-            results: list[CaptionResult | CaptionFailure] = list(model.caption(inputs))
-        except Exception as e:  # noqa: BLE001 - becomes a failure row per image, see below
-            if len(batch) == 1:
-                results = [CaptionFailure(type(e).__name__, _one_line(e))]
-            else:
-                logger.warning("a batch of %d failed (%s); retrying one by one", len(batch), e)
-                results = [self._one(model, i) for i in inputs]
+        results: list[CaptionResult | CaptionFailure | None] = [None] * len(batch)
+        inputs = [x.inputs for x in batch]
+        encoded = [i for i, v in enumerate(inputs) if isinstance(v, EncodedImage)]
+        if encoded:
+            prepared = model.preprocess_encoded([inputs[i].data for i in encoded])  # type: ignore[attr-defined]
+            for i, p in zip(encoded, prepared, strict=True):
+                if isinstance(p, DecodeError):
+                    results[i] = CaptionFailure(p.reason, p.message, stage="decode")
+                else:
+                    inputs[i] = p
+        todo = [i for i, r in enumerate(results) if r is None]
+        for i, r in zip(todo, self._caption(model, [inputs[i] for i in todo]), strict=True):
+            results[i] = r
         done = time.perf_counter()
         self._model_ms.inc(int((done - started) * 1000))
         self._inference_ms.update(int((done - started) * 1000))
         return [PredictionResult(x, r, self._spec) for x, r in zip(batch, results, strict=True)]
+
+    def _caption(self, model: Captioner, inputs: list[Any]) -> list[CaptionResult | CaptionFailure]:
+        if not inputs:
+            return []
+        try:
+            return list(model.caption(inputs))
+        except Exception as e:  # noqa: BLE001 - becomes a failure row per image, see below
+            if len(inputs) == 1:
+                return [CaptionFailure(type(e).__name__, _one_line(e))]
+            logger.warning("a batch of %d failed (%s); retrying one by one", len(inputs), e)
+            return [self._one(model, i) for i in inputs]
 
     @staticmethod
     def _one(model: Captioner, inputs: Any) -> CaptionResult | CaptionFailure:

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -19,7 +19,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from captioning.backends import CaptionerOptions, CaptionResult, load_preprocessor
-from captioning.decode import DecodeConfig, DecodeError, decode_image
+from captioning.decode import DecodeConfig, DecodeError, decode_image, read_header
+from captioning.gpu_decode import EncodedImage, is_plain_jpeg
 from captioning.shards import ReadConfig, Shard, ShardEntry, iter_shard
 from pipelines.handlers import NAMESPACE, CaptionFailure
 from pipelines.progress import ProgressWriter
@@ -73,12 +74,30 @@ def decode_entry(
     config: DecodeConfig,
     run_id: str,
     preprocess: Callable[[Image.Image], Any],
+    pass_jpeg: bool = False,
 ) -> ImageInput | FailureRow:
     """One entry's bytes -> an ImageInput (the model's preprocessed input and the image's
-    provenance), or a decode FailureRow."""
+    provenance), or a decode FailureRow.
+
+    With `pass_jpeg`, a plain JPEG (no EXIF turn) is not decoded here: only its header is read
+    (size, format, the size guard) and its bytes go on as an EncodedImage, for the captioner to
+    decode on its device; a file whose pixels turn out broken fails there, with stage "decode".
+    """
     assert entry.data is not None
     digest = hashlib.sha256(entry.data).hexdigest()
     try:
+        if pass_jpeg and is_plain_jpeg(entry.data):
+            width, height, fmt = read_header(entry.data, config)
+            return ImageInput(
+                entry.key,
+                entry.source,
+                entry.member,
+                digest,
+                width,
+                height,
+                fmt,
+                EncodedImage(entry.data),
+            )
         decoded = decode_image(entry.data, config)
     except DecodeError as e:
         return FailureRow(
@@ -112,16 +131,23 @@ class DecodeImages(beam.DoFn):
         run_id: str,
         model_spec: str | None,
         options: CaptionerOptions,
+        decode_on: str = "cpu",
         threads: int = 2,
         ahead: int = 64,
     ):
         self._config, self._run_id = config, run_id
         self._spec, self._options = model_spec, options
+        self._decode_on = decode_on
         self._threads, self._ahead = threads, ahead
         self._ms = Metrics.counter(NAMESPACE, "decode_ms")
 
     def setup(self) -> None:
         self._preprocess = load_preprocessor(self._spec, self._options)
+        capable = bool(getattr(self._preprocess, "decodes_on_device", False))
+        on_gpu = self._options.resolved_device().type == "cuda"
+        self._pass_jpeg = capable and (
+            self._decode_on == "device" or (self._decode_on == "auto" and on_gpu)
+        )
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
 
     def start_bundle(self) -> None:
@@ -129,7 +155,7 @@ class DecodeImages(beam.DoFn):
 
     def _timed_decode(self, entry: ShardEntry) -> tuple[ImageInput | FailureRow, float]:
         started = time.perf_counter()
-        result = decode_entry(entry, self._config, self._run_id, self._preprocess)
+        result = decode_entry(entry, self._config, self._run_id, self._preprocess, self._pass_jpeg)
         return result, time.perf_counter() - started
 
     def _emit(self, done: tuple[ImageInput | FailureRow, float], windowed: bool) -> Any:
@@ -138,7 +164,7 @@ class DecodeImages(beam.DoFn):
         self._ms.inc(int(seconds * 1000))
         value: Any = result
         if windowed:  # finish_bundle has no input element to take a window from
-            value = WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()])
+            value = WindowedValue(result, MIN_TIMESTAMP, (GlobalWindow(),))
         if isinstance(result, FailureRow):
             _failed(result.error_type)
             return beam.pvalue.TaggedOutput(FAILURES, value)
@@ -169,16 +195,14 @@ class ToRows(beam.DoFn):
         self._progress = ProgressWriter(self._progress_dir) if self._progress_dir else None
 
     def process(self, result: PredictionResult) -> Iterator:
-        x: ImageInput = result.example
+        x = cast(ImageInput, result.example)
         out = result.inference
         if isinstance(out, CaptionFailure):
-            _failed(out.error_type)
-            if self._progress:
-                self._progress.add(failed=1)
+            _failed(out.error_type)  # its progress is counted by CountFailures, like every failure
             yield beam.pvalue.TaggedOutput(
                 FAILURES,
                 FailureRow(
-                    x.key, x.source, x.member, "caption", out.error_type, out.message, self._run_id
+                    x.key, x.source, x.member, out.stage, out.error_type, out.message, self._run_id
                 ),
             )
             return
@@ -217,7 +241,7 @@ class CountFailures(beam.DoFn):
         self._progress = ProgressWriter(self._progress_dir) if self._progress_dir else None
 
     def process(self, row: FailureRow) -> Iterator[dict]:
-        if self._progress and row.stage != "caption":  # caption failures counted in ToRows
+        if self._progress:
             self._progress.add(failed=1)
         yield row.to_dict()
 

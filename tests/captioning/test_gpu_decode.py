@@ -59,9 +59,8 @@ def test_other_formats_and_bad_files_fall_back_with_reasons():
     out = decode_batch(datas, "cpu")
     assert out.images[0] is not None and out.images[5] is not None
     assert torch.equal(out.images[1], _pillow_pixels(png))
-    assert out.errors[2].startswith("empty")
-    assert out.errors[3].startswith("unidentified")
+    assert [e.reason for e in out.errors if e is not None] == ["empty", "unidentified", "truncated"]
     # a truncated JPEG fails the batched call; the others are still decoded on the fast path
-    assert out.images[4] is None and out.errors[4].startswith("truncated")
+    assert out.images[4] is None and out.errors[4] is not None
     assert out.on_device == 2
     assert [e is None for e in out.errors] == [True, True, False, False, False, True]
