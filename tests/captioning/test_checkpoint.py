@@ -88,3 +88,15 @@ def test_bf16_encoder_runs_in_bf16_and_decodes_in_float32(tiny_checkpoint):
     assert native_encoder_dtype(CaptionerOptions(dtype="float16"), torch.device("cpu")) == (
         torch.float16
     )
+
+
+def test_encoder_runs_in_chunks_and_gives_the_whole_batch_features(tiny_checkpoint):
+    cap = NativeCaptioner(tiny_checkpoint, CaptionerOptions(device="cpu", dtype="float32"))
+    size = cap.image_size
+    torch.manual_seed(5)
+    x = torch.rand(70, 3, size, size)  # 32 + 32 + 6 images
+    with torch.inference_mode():
+        whole = cap.model.encoder.inner(x)  # (70, N, C), one call
+        chunked = cap.model.encoder(x)
+    assert chunked.shape == whole.shape
+    assert torch.allclose(chunked, whole, atol=1e-5)
