@@ -46,6 +46,9 @@ class TrainConfig:
     grad_clip: float = 5.0
     concept_weight: float = 1.0  # auxiliary bag-of-words loss on the encoder (model.concept_loss)
     name: str = "imgindex-sat"
+    # End after this epoch while the learning-rate schedule still spans `epochs` (the shipped
+    # default is the first 11 epochs of a 16-epoch schedule); None = run the whole schedule.
+    stop_after: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -56,6 +59,11 @@ class TrainConfig:
             raise ValueError(f"--lr must be in (0, 1), got {self.learning_rate}")
         if not 0 < self.val_fraction < 0.5:
             raise ValueError(f"--val-fraction must be in (0, 0.5), got {self.val_fraction}")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.epochs:
+            raise ValueError(
+                f"--stop-after must be between 1 and --epochs ({self.epochs}), "
+                f"got {self.stop_after}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +203,8 @@ def train(
     captions = captions.to(device)  # (N, T)
     images = data.images.to(device)  # (N, 3, S, S) uint8: a no-op on the CPU
     reports = [EpochReport(**h) for h in state["history"]]
-    for epoch in range(state["epoch"], config.epochs):
+    last = config.epochs if config.stop_after is None else config.stop_after
+    for epoch in range(state["epoch"], last):
         if state["bad_epochs"] >= config.patience:
             break
         for group in optimizer.param_groups:

@@ -101,6 +101,13 @@ def train(
     device: Annotated[
         str, typer.Option("--device", help="cpu, cuda or auto (cuda when present).")
     ] = "cpu",
+    stop_after: Annotated[
+        int | None,
+        typer.Option(
+            "--stop-after",
+            help="End after epoch N; the learning-rate schedule still spans --epochs.",
+        ),
+    ] = None,
 ) -> None:
     """Train the Show-Attend-Tell captioner on an archive with caption sidecars."""
     import torch
@@ -118,6 +125,7 @@ def train(
         patience=patience,
         alpha_c=alpha_c,
         concept_weight=concept_weight,
+        stop_after=stop_after,
     )
     if threads:
         torch.set_num_threads(threads)

@@ -106,3 +106,13 @@ def test_an_archive_without_captions_is_a_clear_error(tmp_path):
     Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
     with pytest.raises(ValueError, match="no captioned images"):
         load_training_data(str(tmp_path), image_size=16, workers=1)
+
+
+def test_stop_after_runs_the_first_epochs_of_the_longer_schedule(world, tmp_path):
+    full = train(world, tmp_path / "full", small(), architecture=TINY)
+    cut = train(world, tmp_path / "cut", small(stop_after=2), architecture=TINY)
+    assert [r.epoch for r in cut] == [1, 2]
+    # same learning rates as the full schedule's first two epochs, so the same losses
+    assert [r.train_loss for r in cut] == pytest.approx([r.train_loss for r in full[:2]], rel=1e-5)
+    with pytest.raises(ValueError, match="--stop-after must be between 1 and --epochs"):
+        TrainConfig(epochs=3, stop_after=4)
