@@ -81,7 +81,7 @@ def test_device_decode_gives_the_cpu_paths_rows(folder, blip, tmp_path, monkeypa
     dev = _run(folder, blip, tmp_path / "device", "device")
     # the 6 world JPEGs and the cut one; the turned JPEG, the PNG and the empty file stay on the CPU
     assert sum(sent) == 7
-    for summary, captions, failures in (cpu, dev):
+    for summary, _captions, failures in (cpu, dev):
         assert summary.read == 10 and summary.captioned == 8 and summary.balanced
         assert {k: (f["stage"], f["error_type"]) for k, f in failures.items()} == {
             "cut.jpg": ("decode", "truncated"),
