@@ -90,13 +90,12 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
         results: list[CaptionResult | CaptionFailure | None] = [None] * len(batch)
         inputs = [x.inputs for x in batch]
         encoded = [i for i, v in enumerate(inputs) if isinstance(v, EncodedImage)]
-        if encoded:
-            prepared = model.preprocess_encoded([inputs[i].data for i in encoded])  # type: ignore[attr-defined]
-            for i, p in zip(encoded, prepared, strict=True):
-                if isinstance(p, DecodeError):
-                    results[i] = CaptionFailure(p.reason, p.message, stage="decode")
-                else:
-                    inputs[i] = p
+        prepared = self._decode(model, [inputs[i].data for i in encoded])
+        for i, p in zip(encoded, prepared, strict=True):
+            if isinstance(p, CaptionFailure):
+                results[i] = p
+            else:
+                inputs[i] = p
         todo = [i for i, r in enumerate(results) if r is None]
         for i, r in zip(todo, self._caption(model, [inputs[i] for i in todo]), strict=True):
             results[i] = r
@@ -104,6 +103,24 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
         self._model_ms.inc(int((done - started) * 1000))
         self._inference_ms.update(int((done - started) * 1000))
         return [PredictionResult(x, r, self._spec) for x, r in zip(batch, results, strict=True)]
+
+    @staticmethod
+    def _decode(model: Captioner, datas: list[bytes]) -> list[Any]:
+        """EncodedImages' bytes -> the model's inputs, or a decode CaptionFailure per file; a
+        batch that fails as a whole (a device error) is retried one file at a time."""
+        if not datas:
+            return []
+        try:
+            prepared = model.preprocess_encoded(datas)  # type: ignore[attr-defined]
+        except Exception as e:  # noqa: BLE001 - one failure row per file, never a lost batch
+            if len(datas) == 1:
+                return [CaptionFailure(type(e).__name__, _one_line(e), stage="decode")]
+            logger.warning("decoding %d files on the device failed (%s); one by one", len(datas), e)
+            return [CaptionModelHandler._decode(model, [d])[0] for d in datas]
+        return [
+            CaptionFailure(p.reason, p.message, stage="decode") if isinstance(p, DecodeError) else p
+            for p in prepared
+        ]
 
     def _caption(self, model: Captioner, inputs: list[Any]) -> list[CaptionResult | CaptionFailure]:
         if not inputs:

@@ -101,3 +101,28 @@ def test_decode_on_device_is_refused_where_it_cannot_work(folder, tmp_path):
     proc = imgindex("caption", str(folder), "--out", str(tmp_path / "o"), "--decode-on", "device")
     assert proc.returncode == 2 and "cannot decode on its device" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_device_error_costs_one_failure_row_not_the_batch():
+    from captioning.backends import CaptionResult
+    from captioning.gpu_decode import EncodedImage
+    from pipelines.handlers import CaptionFailure, CaptionModelHandler
+    from pipelines.records import ImageInput
+
+    class FlakyDevice:  # fails any batch holding the poisoned file, as a CUDA error would
+        def preprocess_encoded(self, datas):
+            if b"poison" in datas:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return [{"pixel_values": d} for d in datas]
+
+        def caption(self, inputs):
+            return [CaptionResult(f"seen {x['pixel_values'].decode()}", (), None) for x in inputs]
+
+    datas = [b"a", b"poison", b"b"]
+    batch = [ImageInput(d.decode(), "s", "m", "h", 1, 1, "JPEG", EncodedImage(d)) for d in datas]
+    handler = CaptionModelHandler(None, CaptionerOptions(device="cpu"), batch_size=3)
+    out = [r.inference for r in handler.run_inference(batch, FlakyDevice())]
+    assert [o.caption for o in out if isinstance(o, CaptionResult)] == ["seen a", "seen b"]
+    assert out[1] == CaptionFailure(
+        "RuntimeError", "CUDA error: an illegal memory access was encountered", stage="decode"
+    )
