@@ -77,7 +77,7 @@ def baseline(cap: HFCaptioner, gen: dict):
         pipe = pipeline(
             "image-text-to-text", model=cap.model, processor=cap.processor, device=cap.device
         )
-        text = cap._text if cap._text is not None else (cap.prompt or "")
+        text = cap.preprocessor().text or cap.prompt or ""
 
         def run(imgs: list[Image.Image], batch: int) -> None:
             if batch == 1:
@@ -123,13 +123,14 @@ def main() -> None:
     ap.add_argument("--size", default="base", choices=("base", "tiny"))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/imgindex-bench-models"))
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     imgs = images(args.images)
     opts = CaptionerOptions(
         device="cpu",
-        dtype="float32",
+        dtype=args.dtype,
         beam_size=args.beam_size,
         max_length=args.new_tokens,
         min_new_tokens=args.new_tokens,
@@ -152,7 +153,7 @@ def main() -> None:
     )
     print(
         f"{args.size} models, random weights, {args.images} images, exactly {args.new_tokens} "
-        f"new tokens, beam size {args.beam_size}, float32\n"
+        f"new tokens, beam size {args.beam_size}, dtype {args.dtype}\n"
     )
     print(
         "| family | batch | ours img/s | baseline | baseline img/s | ours / baseline | "

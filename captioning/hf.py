@@ -40,11 +40,14 @@ _PER_IMAGE_TEXT = ("image-text-to-text", "florence2")
 # measured on CPU (GIT-base, 3 beams): 8 images per generate call 2.6 s/image, 32 images 3.4 s,
 # 1 image 3.5 s. So a big batch runs as sub-batches of at most this many sequences.
 MAX_BEAM_SEQUENCES = 24
-# On a CPU, images per generate call. BLIP's and GIT's vision towers use eager attention (no SDPA in
-# transformers), which materialises (B, 12, 577, 577) attention probabilities for BLIP at 384 px;
-# past ~8 images they outgrow the caches. Measured (BLIP-base, 2 cores, bf16, per-image cost vs
-# batch 1): 8 images 0.45, 32 images 0.64; float32: 0.71, 0.80. GPUs take the whole batch.
+# On a CPU, images per generate call for models whose input is at least LARGE_INPUT pixels a side.
+# BLIP's vision tower uses eager attention (no SDPA in transformers), which materialises
+# (B, 12, 577, 577) attention probabilities at 384 px; past ~8 images they outgrow the caches.
+# Measured (base sizes, 2 cores, float32, a batch of 32): BLIP-base 0.70 images/s in calls of 8,
+# 0.60 in one call; but ViT-GPT2 at 224 px 1.9 vs 2.6, so smaller inputs take the whole batch.
+# GPUs always take the whole batch.
 MAX_CPU_IMAGES = 8
+LARGE_INPUT = 384
 _SEQUENCE_KEYS: dict[str, int | None] = {
     "input_ids": None,
     "attention_mask": 0,
@@ -225,6 +228,7 @@ class HFCaptioner:
         self.name = f"hf:{name_or_path}"
         self.version = _version(self.resolved)
         self.prompt = _default_prompt(self.resolved) if options.prompt is None else options.prompt
+        self._large_input = (_input_size(self.resolved.path) or 0) >= LARGE_INPUT
         self._preprocessor = _make_preprocessor(
             self.resolved, self.processor, self.image_processor, self.prompt
         )
@@ -305,7 +309,7 @@ class HFCaptioner:
             if self.options.beam_size == 1
             else max(1, MAX_BEAM_SEQUENCES // self.options.beam_size)
         )
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and self._large_input:
             step = min(step, MAX_CPU_IMAGES)
         for group in _groups(inputs):  # one group unless image-side shapes differ (dynamic VLMs)
             for s in range(0, len(group), step):
