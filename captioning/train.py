@@ -203,8 +203,8 @@ def train(
     captions = captions.to(device)  # (N, T)
     images = data.images.to(device)  # (N, 3, S, S) uint8: a no-op on the CPU
     reports = [EpochReport(**h) for h in state["history"]]
-    last = config.epochs if config.stop_after is None else config.stop_after
-    for epoch in range(state["epoch"], last):
+    end_epoch = config.epochs if config.stop_after is None else config.stop_after
+    for epoch in range(state["epoch"], end_epoch):
         if state["bad_epochs"] >= config.patience:
             break
         for group in optimizer.param_groups:
