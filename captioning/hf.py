@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from captioning.backends import CaptionerOptions, CaptionResult
-from captioning.decode import DecodeError
+from captioning.decode import DecodeConfig, DecodeError
 from captioning.gpu_decode import decode_batch
 from captioning.hf_resolve import ModelLoadError, ResolvedModel, resolve
 
@@ -152,9 +152,11 @@ class HFPreprocessor:
 
     @property
     def decodes_on_device(self) -> bool:
-        """Whether HFCaptioner.preprocess_encoded can take this model's images (no per-image
-        text: the image processor alone, which runs on torch tensors on any device)."""
-        return self.text is None
+        """Whether HFCaptioner.preprocess_encoded can take this model's images: no per-image
+        text, and a torchvision-backed image processor (it takes tensors and `device=`; older
+        PIL/numpy processors do not)."""
+        mro = {c.__name__ for c in type(self.processor).__mro__}
+        return self.text is None and bool(mro & {"TorchvisionBackend", "BaseImageProcessorFast"})
 
     def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
         if self.text is not None:
@@ -286,7 +288,9 @@ class HFCaptioner:
         """
         if not self._preprocessor.decodes_on_device:
             raise ValueError(f"{self.name}: its processor needs text per image; decode on the CPU")
-        decoded = decode_batch(datas, self.device)
+        # Full-size decodes on both paths (no JPEG draft): nvJPEG has none, so neither does the
+        # Pillow fallback; the size guard already ran on the header (decode.read_header).
+        decoded = decode_batch(datas, self.device, DecodeConfig(draft_size=None))
         out: list[dict[str, torch.Tensor] | DecodeError] = [
             e if e is not None else {} for e in decoded.errors
         ]

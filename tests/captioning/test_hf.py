@@ -276,3 +276,15 @@ def test_model_free_preprocessor_matches_the_captioner(models, images, family):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), k
+
+
+def test_only_tensor_image_processors_without_text_decode_on_the_device(tmp_path):
+    from captioning.hf import HFPreprocessor, hf_preprocessor
+
+    class PilOnlyProcessor:  # an older PIL/numpy image processor: no tensors, no device=
+        pass
+
+    assert not HFPreprocessor(PilOnlyProcessor(), None).decodes_on_device
+    blip = hf_preprocessor(str(build("blip", tmp_path / "blip")), CaptionerOptions(device="cpu"))
+    assert blip.decodes_on_device
+    assert not HFPreprocessor(blip.processor, "a prompt per image").decodes_on_device
