@@ -6,6 +6,9 @@
 #      scored on the 500 held-out images of seed 7 (issue 2).
 # Runs with the machine's own python3 (torch, transformers, Pillow, pyarrow, fsspec are there);
 # pycocoevalcap's CIDEr scorer travels in .devdeps (pure Python). Logs and models go to $OUT.
+# Before the call, here:   echo /.devdeps/ >> .git/info/exclude; mkdir -p .devdeps/pycocoevalcap
+#   cp -r .venv/lib/python3.11/site-packages/pycocoevalcap/cider .devdeps/pycocoevalcap/
+# then run it with the device tool, carry [".devdeps"], timeout 600 (it took 473 s on an H100).
 # Usage: OUT=/tmp/out bash benchmarks/device_session.sh [TOTAL_SECONDS]
 set -uo pipefail
 cd "$(dirname "$0")/.."
