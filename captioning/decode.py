@@ -96,18 +96,28 @@ def decode_image(data: bytes, config: DecodeConfig = DecodeConfig()) -> DecodedI
             return _decode_opened(img, config)
 
 
-def read_header(data: bytes, config: DecodeConfig = DecodeConfig()) -> tuple[int, int, str]:
-    """(width, height, format) as the file's header declares them, decoding no pixels.
+@dataclass(frozen=True, slots=True)
+class Header:
+    width: int  # as stored; orientation 5-8 shows it turned by 90 degrees
+    height: int
+    format: str  # Pillow's format name
+    orientation: int  # EXIF orientation, 1 = shown as stored
+
+
+def read_header(data: bytes, config: DecodeConfig = DecodeConfig()) -> Header:
+    """What the file's header declares, decoding no pixels.
 
     Raises the DecodeError decode_image would raise for an empty, unidentified or oversized file;
-    an error in the pixel data itself only shows when the pixels are decoded. The size is the
-    stored one: callers apply EXIF orientation themselves (gpu_decode.is_plain_jpeg refuses it).
+    an error in the pixel data itself only shows when the pixels are decoded.
     """
     with _pillow_errors(data):
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
             _check_size(w, h, config)
-            return w, h, img.format or "UNKNOWN"
+            fmt = img.format or "UNKNOWN"
+            # A JPEG's EXIF sits in its header; other formats may keep it after the pixels.
+            orientation = _orientation(img) if fmt in _JPEG_FORMATS else 1
+            return Header(w, h, fmt, orientation)
 
 
 @contextlib.contextmanager

@@ -4,8 +4,8 @@ torchvision.io.decode_jpeg decodes a whole list of JPEGs in one call (nvJPEG's b
 CUDA device, libjpeg-turbo on the CPU). One undecodable file fails that call, so on an error the
 batch is retried one file at a time and only the files that still fail go to Pillow
 (captioning.decode, with its EXIF, CMYK and bomb handling). nvJPEG ignores EXIF orientation, so
-JPEGs that carry an orientation tag other than 1 also take the Pillow path: the output is the image
-a user sees, whichever path decoded it.
+JPEGs that carry an orientation other than 1 (read by Pillow from the header) also take the Pillow
+path: the output is the image a user sees, whichever path decoded it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from captioning.decode import DecodeConfig, DecodeError, decode_image
+from captioning.decode import DecodeConfig, DecodeError, Header, decode_image, read_header
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_DEFAULT_CONFIG = DecodeConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,21 +44,22 @@ class DecodedBatch:
     on_device: int  # how many the batched decoder handled (the rest went through Pillow)
 
 
-def is_plain_jpeg(data: bytes) -> bool:
-    """A JPEG that nvJPEG can decode as the user sees it: no EXIF orientation to apply."""
+def plain_jpeg_header(data: bytes, config: DecodeConfig = _DEFAULT_CONFIG) -> Header | None:
+    """The header of a JPEG that nvJPEG can decode as the user sees it (no EXIF turn), else None.
+
+    Raises DecodeError for a header decode_image would refuse (empty, oversized, unreadable).
+    """
     if not data.startswith(_JPEG_MAGIC):
-        return False
-    head = data[:65536]
-    at = head.find(b"Exif\x00\x00")
-    if at < 0:
-        return True
-    # orientation tag 0x0112 in either byte order, value other than 1 (cheap scan of the header)
-    for tag in (b"\x01\x12\x00\x03", b"\x12\x01\x03\x00"):
-        i = head.find(tag, at)
-        if i >= 0:
-            value = head[i + 8 : i + 10]
-            return value in (b"\x00\x01", b"\x01\x00")
-    return True
+        return None
+    header = read_header(data, config)
+    return header if header.format == "JPEG" and header.orientation == 1 else None
+
+
+def is_plain_jpeg(data: bytes, config: DecodeConfig = _DEFAULT_CONFIG) -> bool:
+    try:
+        return plain_jpeg_header(data, config) is not None
+    except DecodeError:
+        return False  # the Pillow path decodes it and names the reason
 
 
 def _pillow(data: bytes, config: DecodeConfig, device: torch.device) -> torch.Tensor:
@@ -78,7 +80,7 @@ def decode_batch(
     config = DecodeConfig() if config is None else config
     images: list[torch.Tensor | None] = [None] * len(datas)
     errors: list[DecodeError | None] = [None] * len(datas)
-    jpeg = [i for i, d in enumerate(datas) if is_plain_jpeg(d)]
+    jpeg = [i for i, d in enumerate(datas) if is_plain_jpeg(d, config)]
     fast: dict[int, torch.Tensor] = {}
     if jpeg:
         tensors = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpeg]

@@ -49,7 +49,9 @@ NumReturnOpt = Annotated[
 DTypeOpt = Annotated[
     str,
     typer.Option(
-        "--dtype", help="auto, float32, float16, bfloat16 (auto: bf16 on GPU, fp32 on CPU)."
+        "--dtype",
+        help="auto, float32, float16, bfloat16. auto: bf16 on GPU; on CPU fp32, except the "
+        "native model's encoder, bf16 where the CPU has native bf16.",
     ),
 ]
 PromptOpt = Annotated[

@@ -19,8 +19,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from captioning.backends import CaptionerOptions, CaptionResult, load_preprocessor
-from captioning.decode import DecodeConfig, DecodeError, decode_image, read_header
-from captioning.gpu_decode import EncodedImage, is_plain_jpeg
+from captioning.decode import DecodeConfig, DecodeError, decode_image
+from captioning.gpu_decode import EncodedImage, plain_jpeg_header
 from captioning.shards import ReadConfig, Shard, ShardEntry, iter_shard
 from pipelines.handlers import NAMESPACE, CaptionFailure
 from pipelines.progress import ProgressWriter
@@ -86,16 +86,16 @@ def decode_entry(
     assert entry.data is not None
     digest = hashlib.sha256(entry.data).hexdigest()
     try:
-        if pass_jpeg and is_plain_jpeg(entry.data):
-            width, height, fmt = read_header(entry.data, config)
+        header = plain_jpeg_header(entry.data, config) if pass_jpeg else None
+        if header is not None:
             return ImageInput(
                 entry.key,
                 entry.source,
                 entry.member,
                 digest,
-                width,
-                height,
-                fmt,
+                header.width,
+                header.height,
+                header.format,
                 EncodedImage(entry.data),
             )
         decoded = decode_image(entry.data, config)
