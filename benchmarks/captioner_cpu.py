@@ -62,8 +62,16 @@ def main() -> None:
         default="float32,auto",
         help="encoder dtypes to compare (CaptionerOptions.dtype; auto = what the CLI uses)",
     )
+    ap.add_argument(
+        "--encoder-only",
+        action="store_true",
+        help="time the CNN encoder alone, float32, in one call vs in the captioner's chunks",
+    )
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    if args.encoder_only:
+        encoder_table(args.model, batches, args.repeats)
+        return
 
     caps = {
         d: NativeCaptioner(args.model, CaptionerOptions(device="cpu", beam_size=1, dtype=d))
@@ -109,6 +117,22 @@ def main() -> None:
 
     sec = timed(step, args.train_steps)
     print(f"\ntraining (batch 64, teacher forcing + backward + Adam): {64 / sec:.1f} images/s")
+
+
+def encoder_table(model_dir: str | None, batches: list[int], repeats: int) -> None:
+    cap = NativeCaptioner(model_dir, CaptionerOptions(device="cpu", dtype="float32"))
+    chunked, whole = cap.model.encoder, cap.model.encoder.inner
+    size = cap.image_size
+    print(f"machine: {machine()}")
+    print(f"model: {cap.name} {cap.version}, input {size}x{size}, encoder alone, float32\n")
+    print("| batch | one call, ms/image | in chunks of 32, ms/image |")
+    print("|---:|---:|---:|")
+    for b in batches:
+        x = normalize(torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8))
+        with torch.inference_mode():
+            t1 = timed(lambda x=x: whole(x), repeats)
+            t2 = timed(lambda x=x: chunked(x), repeats)
+        print(f"| {b} | {1000 * t1 / b:.2f} | {1000 * t2 / b:.2f} |", flush=True)
 
 
 def _rgb(i: int):

@@ -124,9 +124,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
+    ap.add_argument(
+        "--cpu-images",
+        type=int,
+        default=None,
+        help="force CPU generate calls of at most N images for every family (captioning.hf "
+        "caps only inputs of LARGE_INPUT px and more, at MAX_CPU_IMAGES)",
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/imgindex-bench-models"))
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    if args.cpu_images is not None:
+        import captioning.hf as hf
+
+        hf.MAX_CPU_IMAGES, hf.LARGE_INPUT = args.cpu_images, 0
     imgs = images(args.images)
     opts = CaptionerOptions(
         device="cpu",
@@ -153,7 +164,8 @@ def main() -> None:
     )
     print(
         f"{args.size} models, random weights, {args.images} images, exactly {args.new_tokens} "
-        f"new tokens, beam size {args.beam_size}, dtype {args.dtype}\n"
+        f"new tokens, beam size {args.beam_size}, dtype {args.dtype}, "
+        f"CPU images per call {args.cpu_images or 'default'}\n"
     )
     print(
         "| family | batch | ours img/s | baseline | baseline img/s | ours / baseline | "

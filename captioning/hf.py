@@ -43,8 +43,9 @@ MAX_BEAM_SEQUENCES = 24
 # On a CPU, images per generate call for models whose input is at least LARGE_INPUT pixels a side.
 # BLIP's vision tower uses eager attention (no SDPA in transformers), which materialises
 # (B, 12, 577, 577) attention probabilities at 384 px; past ~8 images they outgrow the caches.
-# Measured (base sizes, 2 cores, float32, a batch of 32): BLIP-base 0.70 images/s in calls of 8,
-# 0.60 in one call; but ViT-GPT2 at 224 px 1.9 vs 2.6, so smaller inputs take the whole batch.
+# Measured (base sizes, 2 cores, float32, a batch of 32; benchmarks/captioners.py --cpu-images 8
+# vs 32): BLIP-base 0.79 vs 0.70 images/s; but ViT-GPT2 at 224 px 2.14 vs 2.64, so smaller inputs
+# take the whole batch.
 # GPUs always take the whole batch.
 MAX_CPU_IMAGES = 8
 LARGE_INPUT = 384
