@@ -82,6 +82,14 @@ DecodeOnOpt = Annotated[
     ),
 ]
 
+ModelCopiesOpt = Annotated[
+    int | None,
+    typer.Option("--model-copies", help="Share the model across a worker's processes, N copies."),
+]
+ImageColumnOpt = Annotated[
+    str, typer.Option("--image-column", help="Parquet column with image bytes.")
+]
+
 
 def captioner_options(
     device: str,

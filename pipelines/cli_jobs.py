@@ -13,7 +13,9 @@ from pipelines.cli_common import (
     DecodeOnOpt,
     DeviceOpt,
     DTypeOpt,
+    ImageColumnOpt,
     MaxLenOpt,
+    ModelCopiesOpt,
     ModelOpt,
     NumReturnOpt,
     PickleOpt,
@@ -40,7 +42,7 @@ def _caption_config(
     overwrite: bool,
     image_column: str,
     model_copies: int | None,
-    decode_on: str = "auto",
+    decode_on: str,
 ):
     from captioning.shards import ReadConfig
     from pipelines.caption_pipeline import CaptionConfig
@@ -121,15 +123,8 @@ def caption(
     allow_pickle: PickleOpt = False,
     threads: ThreadsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
-    image_column: Annotated[
-        str, typer.Option("--image-column", help="Parquet column with image bytes.")
-    ] = "jpg",
-    model_copies: Annotated[
-        int | None,
-        typer.Option(
-            "--model-copies", help="Share the model across a worker's processes, N copies."
-        ),
-    ] = None,
+    image_column: ImageColumnOpt = "jpg",
+    model_copies: ModelCopiesOpt = None,
     decode_on: DecodeOnOpt = "auto",
 ) -> None:
     """Caption an archive with a Beam pipeline: captions and failures to Parquet."""
@@ -235,7 +230,9 @@ def run(
     allow_pickle: PickleOpt = False,
     threads: ThreadsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
-    image_column: Annotated[str, typer.Option("--image-column")] = "jpg",
+    image_column: ImageColumnOpt = "jpg",
+    model_copies: ModelCopiesOpt = None,
+    decode_on: DecodeOnOpt = "auto",
     embedder: EmbedderOpt = None,
 ) -> None:
     """Caption + index in one go."""
@@ -251,7 +248,15 @@ def run(
         threads,
     )
     config = _caption_config(
-        input_, out_dir, model, batch_size, options, overwrite, image_column, None
+        input_,
+        out_dir,
+        model,
+        batch_size,
+        options,
+        overwrite,
+        image_column,
+        model_copies,
+        decode_on,
     )
     _run_caption_with_display(config, list(ctx.args))
     _index(out_dir, f"{out_dir.rstrip('/')}/index", embedder, 256, overwrite, list(ctx.args))

@@ -225,3 +225,19 @@ def test_sample_archive_with_one_image_format(tmp_path):
     )
     proc = imgindex("sample-archive", str(tmp_path / "x"), "--image-format", "gif")
     assert proc.returncode == 2 and "--image-format must be one of jpg, png, webp" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["caption", "run"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model-copies", "0"], "--model-copies must be at least 1, got 0"),
+        (["--decode-on", "gpu"], "--decode-on must be one of auto, cpu, device"),
+        (["--decode-on", "device"], "cannot decode on its device"),
+    ],
+)
+def test_caption_and_run_share_the_job_options(images, tmp_path, command, args, message):
+    out = tmp_path / "out"
+    proc = imgindex(command, str(images[0].parent), "--out", str(out), *args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
