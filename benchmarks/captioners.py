@@ -30,6 +30,7 @@ from PIL import Image  # noqa: E402
 
 from captioning.backends import CaptionerOptions  # noqa: E402
 from captioning.hf import HFCaptioner  # noqa: E402
+from captioning.hf_fast import undo_speed_ups  # noqa: E402
 from tests.captioning.hf_tiny import FAMILIES, build  # noqa: E402
 
 
@@ -131,6 +132,12 @@ def main() -> None:
         help="force CPU generate calls of at most N images for every family (captioning.hf "
         "caps only inputs of LARGE_INPUT px and more, at MAX_CPU_IMAGES)",
     )
+    ap.add_argument(
+        "--no-speed-fixes",
+        action="store_true",
+        help="undo captioning.hf_fast's fixes (SDPA in BLIP's vision tower, GIT encoding each "
+        "image once under beam search) to measure what they save",
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/imgindex-bench-models"))
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -165,7 +172,8 @@ def main() -> None:
     print(
         f"{args.size} models, random weights, {args.images} images, exactly {args.new_tokens} "
         f"new tokens, beam size {args.beam_size}, dtype {args.dtype}, "
-        f"CPU images per call {args.cpu_images or 'default'}\n"
+        f"CPU images per call {args.cpu_images or 'default'}, speed fixes "
+        f"{'off' if args.no_speed_fixes else 'on'}\n"
     )
     print(
         "| family | batch | ours img/s | baseline | baseline img/s | ours / baseline | "
@@ -174,6 +182,8 @@ def main() -> None:
     print("|---|---:|---:|---|---:|---:|---:|")
     for family in args.families.split(","):
         cap = HFCaptioner(str(model_dir(family, args.workdir, args.size)), opts)
+        if args.no_speed_fixes:
+            undo_speed_ups(cap.model)
         run, base_name = baseline(cap, gen)
         first = None
         for b in batches:

@@ -5,6 +5,7 @@
 #   - the raw model on batches already preprocessed on the GPU (exactly 20 new tokens);
 #   - our read -> decode -> preprocess -> caption loop end to end, GPU JPEG decode and CPU decode;
 #   - peak GPU memory (torch.cuda.max_memory_allocated) of each, and GPU-vs-CPU decode agreement;
+#   - the raw model again without captioning/hf_fast.py's fixes (BLIP: eager vision attention);
 #   - where Apache Beam is installed, `imgindex caption` (the Beam pipeline) end to end.
 # Usage: bash benchmarks/gpu_check.sh [IMAGES] [SHARDS] [BATCH...]   (defaults 4096 16 64 256)
 set -euo pipefail
@@ -46,7 +47,7 @@ echo "| model | path | images/s | images | peak GPU memory |"
 echo "|---|---|---:|---:|---:|"
 for family in blip git; do
   "$PY" benchmarks/gpu_throughput.py "$WORK/$family-base" "$WORK/shards/*.tar" \
-    --batch-size $BATCHES --dtype bfloat16 --cpu-decode
+    --batch-size $BATCHES --dtype bfloat16 --cpu-decode --ab-speed-fixes
 done
 
 if "$PY" -c "import apache_beam" 2>/dev/null; then

@@ -37,6 +37,7 @@ from PIL import Image  # noqa: E402
 from captioning.backends import CaptionerOptions  # noqa: E402
 from captioning.decode import DecodeError, decode_image  # noqa: E402
 from captioning.hf import HFCaptioner  # noqa: E402
+from captioning.hf_fast import speed_up, undo_speed_ups  # noqa: E402
 from captioning.shards import iter_shard, list_shards  # noqa: E402
 
 
@@ -167,6 +168,12 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cpu-decode", action="store_true", help="also time the CPU decode path")
+    ap.add_argument(
+        "--ab-speed-fixes",
+        action="store_true",
+        help="also time the raw model without captioning.hf_fast's fixes (e.g. BLIP's vision "
+        "attention back to eager)",
+    )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this benchmark is for a GPU machine")
@@ -191,6 +198,17 @@ def main() -> None:
             f"{b * args.repeats} images | peak {peak:.2f} GiB |",
             flush=True,
         )
+        if args.ab_speed_fixes and cap.speed_fixes:
+            undo_speed_ups(cap.model)
+            torch.cuda.reset_peak_memory_stats()
+            off = raw_model(cap, datas, b, args.repeats)
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            speed_up(cap.model, cap.family)
+            print(
+                f"| {name} | raw model without {'+'.join(cap.speed_fixes)} | {off:.1f} img/s | "
+                f"{b * args.repeats} images | peak {peak:.2f} GiB |",
+                flush=True,
+            )
         for gpu_decode in (True, False) if args.cpu_decode else (True,):
             torch.cuda.reset_peak_memory_stats()
             n, s = end_to_end(cap, args.shards, b, gpu_decode)

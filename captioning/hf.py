@@ -25,6 +25,7 @@ from PIL import Image
 from captioning.backends import CaptionerOptions, CaptionResult
 from captioning.decode import DecodeConfig, DecodeError
 from captioning.gpu_decode import decode_batch
+from captioning.hf_fast import speed_up
 from captioning.hf_resolve import ModelLoadError, ResolvedModel, resolve
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,7 @@ class HFCaptioner:
             self.resolved, options
         )
         self.model = load_model(self.resolved, options)
+        self.speed_fixes = speed_up(self.model, self.family)
         self.name = f"hf:{name_or_path}"
         self.version = _version(self.resolved)
         self.prompt = _default_prompt(self.resolved) if options.prompt is None else options.prompt
