@@ -191,8 +191,25 @@ def _make_preprocessor(
     resolved: ResolvedModel, processor: Any, image_processor: Any, prompt: str | None
 ) -> HFPreprocessor:
     if resolved.family in _PER_IMAGE_TEXT:
-        return HFPreprocessor(processor, _processor_text(resolved.family, processor, prompt))
+        pre = HFPreprocessor(processor, _processor_text(resolved.family, processor, prompt))
+        if resolved.family == "florence2":
+            _check_florence_prompt(pre)
+        return pre
     return HFPreprocessor(image_processor, None)
+
+
+def _check_florence_prompt(pre: HFPreprocessor) -> None:
+    """Florence-2's processor checks a task prompt only when it meets an image ("<CAPTION> more
+    words" is refused): try one blank image now, so a bad --prompt fails at load, once, rather
+    than on every image."""
+    try:
+        pre(Image.new("RGB", (8, 8)))
+    except (ValueError, AssertionError) as e:  # the hub repos' own processors assert
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"--prompt {pre.text!r}: Florence-2 takes a task token alone ({FLORENCE_TASK}, "
+            f"<DETAILED_CAPTION>, <CAPTION>) or plain text, not both ({reason})"
+        ) from e
 
 
 def hf_preprocessor(name_or_path: str, options: CaptionerOptions) -> HFPreprocessor:
@@ -228,15 +245,15 @@ class HFCaptioner:
         self.processor, self.image_processor, self.tokenizer = load_processor(
             self.resolved, options
         )
+        self.prompt = _default_prompt(self.resolved) if options.prompt is None else options.prompt
+        self._preprocessor = _make_preprocessor(  # checks the prompt before the weights load
+            self.resolved, self.processor, self.image_processor, self.prompt
+        )
         self.model = load_model(self.resolved, options)
         self.speed_fixes = speed_up(self.model, self.family)
         self.name = f"hf:{name_or_path}"
         self.version = _version(self.resolved)
-        self.prompt = _default_prompt(self.resolved) if options.prompt is None else options.prompt
         self._large_input = (_input_size(self.resolved.path) or 0) >= LARGE_INPUT
-        self._preprocessor = _make_preprocessor(
-            self.resolved, self.processor, self.image_processor, self.prompt
-        )
         self._prompt_ids = self._fixed_prompt_ids() if self.family not in _PER_IMAGE_TEXT else None
         gc = self.model.generation_config
         eos = gc.eos_token_id if gc.eos_token_id is not None else self.tokenizer.eos_token_id
@@ -411,7 +428,9 @@ class HFCaptioner:
             ended |= new == e
         # count tokens up to and including the first eos
         keep = (ended.cumsum(1) - ended.long()) == 0  # (B*n, T_new)
-        return ((tok * keep).sum(1) / keep.sum(1).clamp(min=1)).tolist()
+        # masked, not multiplied: padding after an early eos can have log-probability -inf (a
+        # forced eos at the last step, as BART/Florence-2 set, bans every other token)
+        return (tok.masked_fill(~keep, 0.0).sum(1) / keep.sum(1).clamp(min=1)).tolist()
 
 
 def _left_pad(parts: list[torch.Tensor], fill: int) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Family name -> a randomly initialised Hugging Face captioning model in a directory, offline.
 
 Tokenizers are built from a vocabulary written here (a WordPiece vocab for BERT-style decoders, a
-byte-level BPE for GPT-2-style ones), so nothing is downloaded. `size="tiny"` gives 2-layer models
-for the tests; `size="base"` gives the published base-size architectures (random weights) for
-benchmarks/captioners.py.
+byte-level BPE for GPT-2- and BART-style ones), so nothing is downloaded. `size="tiny"` gives
+2-layer models for the tests; `size="base"` gives the published base-size architectures (random
+weights) for benchmarks/captioners.py. `build_florence2_remote` lays a Florence-2 out as a
+trust_remote_code hub repository.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("blip", "git", "vision-encoder-decoder", "blip-2", "image-text-to-text")
+FAMILIES = ("blip", "git", "vision-encoder-decoder", "blip-2", "image-text-to-text", "florence2")
 
 WORDS = (
     "a an the of on in with and is are there two three red blue green yellow black white "
@@ -57,20 +58,26 @@ def _bert_tokenizer(size: int | None, specials: dict[str, int]):
     return BertTokenizer(vocab=ids, bos_token=bos)
 
 
-def _bpe_tokenizer(size: int | None, extra: tuple[str, ...] = ()):
-    """A byte-level BPE GPT2Tokenizer with `<|endoftext|>` last, plus `extra` special tokens."""
-    from transformers import GPT2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}  # 256 byte tokens
+def _word_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Merge "Ġ"+word letter by letter so each of WORDS is one token; new pieces go into `vocab`."""
     merges = []
-    for w in WORDS:  # merge "Ġ"+word letter by letter so common words are one token
+    for w in WORDS:
         piece = "Ġ"
         for ch in w:
             if piece + ch not in vocab:
                 merges.append((piece, ch))
                 vocab[piece + ch] = len(vocab)
             piece += ch
+    return merges
+
+
+def _bpe_tokenizer(size: int | None, extra: tuple[str, ...] = ()):
+    """A byte-level BPE GPT2Tokenizer with `<|endoftext|>` last, plus `extra` special tokens."""
+    from transformers import GPT2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}  # 256 byte tokens
+    merges = _word_merges(vocab)
     total = size if size is not None else len(vocab) + 1
     while len(vocab) < total - 1:
         vocab[f"<unused{len(vocab)}>"] = len(vocab)
@@ -327,12 +334,151 @@ def build_image_text_to_text(out_dir: Path, size: str = "tiny") -> Path:
     return _save(LlavaForConditionalGeneration(config).eval(), out_dir, processor)
 
 
+def _bart_tokenizer(size: int | None):
+    """A byte-level BPE BartTokenizer laid out as BART's (<s> <pad> </s> <unk> first, <mask>
+    last), then Florence-2's `image_token` "<image>"; `size` pads it to that many tokens in all."""
+    from transformers import BartTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for ch in bytes_to_unicode().values():  # 256 byte tokens
+        vocab[ch] = len(vocab)
+    merges = _word_merges(vocab)
+    total = size if size is not None else len(vocab) + 2
+    while len(vocab) < total - 2:
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
+    vocab["<mask>"] = len(vocab)
+    return BartTokenizer(
+        vocab=vocab, merges=merges, extra_special_tokens={"image_token": "<image>"}
+    )
+
+
+# Two DaViT stages (strides 4 and 2) at 32 px: a 4x4 grid of 32-wide features.
+_FLORENCE_TINY_VISION = {
+    "depths": (1, 1),
+    "embed_dim": (16, 32),
+    "num_heads": (2, 4),
+    "num_groups": (2, 4),
+    "patch_size": (7, 3),
+    "patch_stride": (4, 2),
+    "patch_padding": (3, 1),
+    "patch_prenorm": (False, True),
+    "window_size": 2,
+    "drop_path_rate": 0.0,
+    "projection_dim": 32,
+}
+
+
+def build_florence2(out_dir: Path, size: str = "tiny") -> Path:
+    """A native Florence-2: DaViT vision tower + BART encoder-decoder, and its Florence2Processor.
+
+    tiny: the two stages above at 32 px -> 4x4 + 1 temporal token = 17 image tokens, a 2+2-layer
+    BART 32 wide. base: microsoft/Florence-2-base's shapes (DaViT 128..1024 wide, depths 1,1,9,1,
+    768 px -> 24x24 + 1 = 577 image tokens; BART-base, 6+6 layers 768 wide).
+    """
+    from transformers import (
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+    )
+
+    tok = _bart_tokenizer(None if size == "tiny" else 51290)
+    ids = {"bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2}
+    if size == "tiny":
+        vision = dict(_FLORENCE_TINY_VISION, initializer_range=0.3)
+        text = dict(
+            ids,
+            vocab_size=len(tok),
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=128,
+            init_std=0.3,
+        )
+        image = TINY_IMAGE
+    else:  # Florence2VisionConfig defaults are base's DaViT; its projection is to BART-base
+        vision = {"projection_dim": 768, "drop_path_rate": 0.0}
+        text = dict(
+            ids,
+            vocab_size=len(tok),
+            d_model=768,
+            encoder_layers=6,
+            decoder_layers=6,
+            encoder_attention_heads=12,
+            decoder_attention_heads=12,
+            encoder_ffn_dim=3072,
+            decoder_ffn_dim=3072,
+            max_position_embeddings=1024,
+        )
+        image = 768
+    config = Florence2Config(
+        vision_config=vision, text_config=text, image_token_id=tok.image_token_id
+    )
+    grid = image
+    for stride in config.vision_config.patch_stride:
+        grid //= stride
+    improc = CLIPImageProcessor(
+        size={"height": image, "width": image},
+        do_center_crop=False,
+        image_seq_length=grid * grid + 1,  # the spatial grid plus one temporal token
+    )
+    torch.manual_seed(0)
+    model = Florence2ForConditionalGeneration(config).eval()
+    # Florence-2 answers "</s><s>caption</s>"; forcing the <s> makes the tiny one do the same.
+    model.generation_config.forced_bos_token_id = tok.bos_token_id
+    return _save(model, out_dir, Florence2Processor(improc, tok))
+
+
+_REMOTE_CONFIG_PY = '''"""Florence-2's config as this repository's class (trust_remote_code)."""
+
+from transformers import Florence2Config
+
+
+class TinyFlorence2Config(Florence2Config):
+    model_type = "florence2"
+'''
+
+_REMOTE_MODELING_PY = '''"""Florence-2 as this repository's own class (needs trust_remote_code)."""
+
+from transformers import Florence2ForConditionalGeneration
+
+from .configuration_tinyflorence import TinyFlorence2Config
+
+
+class TinyFlorence2ForConditionalGeneration(Florence2ForConditionalGeneration):
+    config_class = TinyFlorence2Config
+'''
+
+
+def build_florence2_remote(out_dir: Path, size: str = "tiny") -> Path:
+    """build_florence2's model laid out as the microsoft/Florence-2-* hub repos: model_type
+    "florence2" plus an `auto_map` (AutoConfig, AutoModelForCausalLM) naming classes in Python
+    files of the directory, so loading it needs trust_remote_code. Same weights and processor."""
+    out_dir = build_florence2(Path(out_dir), size)
+    (out_dir / "configuration_tinyflorence.py").write_text(_REMOTE_CONFIG_PY)
+    (out_dir / "modeling_tinyflorence.py").write_text(_REMOTE_MODELING_PY)
+    config = json.loads((out_dir / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_tinyflorence.TinyFlorence2Config",
+        "AutoModelForCausalLM": "modeling_tinyflorence.TinyFlorence2ForConditionalGeneration",
+    }
+    config["architectures"] = ["TinyFlorence2ForConditionalGeneration"]
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
 BUILDERS = {
     "blip": build_blip,
     "git": build_git,
     "vision-encoder-decoder": build_vision_encoder_decoder,
     "blip-2": build_blip_2,
     "image-text-to-text": build_image_text_to_text,
+    "florence2": build_florence2,
 }
 
 

@@ -288,3 +288,81 @@ def test_only_tensor_image_processors_without_text_decode_on_the_device(tmp_path
     blip = hf_preprocessor(str(build("blip", tmp_path / "blip")), CaptionerOptions(device="cpu"))
     assert blip.decodes_on_device
     assert not HFPreprocessor(blip.processor, "a prompt per image").decodes_on_device
+
+
+# -- Florence-2 ------------------------------------------------------------------------------
+def test_florence2_default_task_and_clean_captions(models, images):
+    from captioning.hf import FLORENCE_TASK
+
+    cap = load_captioner("hf:" + str(models["florence2"]), GREEDY)
+    assert cap.prompt == FLORENCE_TASK and cap.preprocessor().text == FLORENCE_TASK
+    tok = cap.tokenizer
+    ids = cap.preprocess(images[0])["input_ids"][0].tolist()
+    image_tokens = cap.image_processor.image_seq_length  # 4x4 grid + 1 temporal token
+    assert ids[:image_tokens] == [tok.image_token_id] * image_tokens
+    assert ids[image_tokens] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    # A larger </s> row (tied to the output layer) makes some captions end early, so generate
+    # pads them in a batch: what is stripped must not depend on batching.
+    with torch.no_grad():
+        cap.model.get_output_embeddings().weight[tok.eos_token_id] *= 4
+    enc = cap.processor(images=images, text=[FLORENCE_TASK] * 8, return_tensors="pt")
+    raw = cap.model.generate(**enc, max_new_tokens=8, min_new_tokens=3, do_sample=False)
+    assert all(t.startswith("</s><s>") for t in tok.batch_decode(raw))  # Florence-2's layout
+    assert (raw == tok.pad_token_id).any()  # some ended early and were padded
+    inputs = [cap.preprocess(im) for im in images]
+    alone = [cap.caption([x])[0] for x in inputs]
+    together = cap.caption(inputs)
+    assert [r.caption for r in together] == [r.caption for r in alone]
+    # the padded caption's score too (it was nan: -inf log-probabilities of pads times 0)
+    assert np.allclose([r.score for r in together], [r.score for r in alone], atol=1e-4)
+    assert any(r.caption for r in together)
+    for r in together:
+        assert not any(s in r.caption for s in ("<s>", "</s>", "<pad>", "<image>", "<MORE"))
+        assert "paragraph" not in r.caption  # the task's prompt text is not echoed
+
+
+def test_florence2_caption_task_prompt(models, images):
+    opts = CaptionerOptions(
+        device="cpu", beam_size=1, max_length=8, min_new_tokens=3, prompt="<CAPTION>"
+    )
+    cap = load_captioner("hf:" + str(models["florence2"]), opts)
+    assert cap.preprocessor().text == "<CAPTION>"
+    x = cap.preprocess(images[0])["input_ids"]
+    assert "What does the image describe?" in cap.tokenizer.decode(x[0])  # the task's text
+    results = cap.caption([cap.preprocess(im) for im in images[:3]])
+    assert len(results) == 3 and any(r.caption for r in results)
+    assert not any("<" in r.caption for r in results)
+
+
+def test_florence2_task_token_with_more_words_fails_at_load(models, monkeypatch):
+    import captioning.hf as hf
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the prompt is checked before the weights load")
+
+    monkeypatch.setattr(hf, "load_model", no_weights)
+    spec = "hf:" + str(models["florence2"])
+    opts = CaptionerOptions(device="cpu", prompt="<CAPTION> extra words")
+    for load in (load_captioner, load_preprocessor):  # the model-free path the pipeline uses
+        with pytest.raises(ValueError) as e:
+            load(spec, opts)
+        message = str(e.value)
+        assert "\n" not in message
+        assert message.startswith("--prompt '<CAPTION> extra words': Florence-2 takes a task")
+        assert "should be the only content" in message  # the processor's own reason
+
+
+def test_florence2_remote_code(models, images, tmp_path):
+    from tests.captioning.hf_tiny import build_florence2_remote
+
+    d = build_florence2_remote(tmp_path / "florence2-remote")
+    assert "--trust-remote-code" in _one_line_error(f"hf:{d}")
+    opts = CaptionerOptions(
+        device="cpu", beam_size=1, max_length=8, min_new_tokens=3, trust_remote_code=True
+    )
+    cap = load_captioner(f"hf:{d}", opts)
+    assert cap.family == "florence2" and cap.resolved.remote_code
+    assert type(cap.model).__name__ == "TinyFlorence2ForConditionalGeneration"  # auto_map's
+    native = load_captioner("hf:" + str(models["florence2"]), GREEDY)
+    x = [cap.preprocess(im) for im in images[:4]]
+    assert [r.caption for r in cap.caption(x)] == [r.caption for r in native.caption(x)]

@@ -39,7 +39,16 @@ def test_family_through_the_pipeline(family, archive, tmp_path, monkeypatch):
     )
     assert summary.read == 6 and summary.captioned == 6 and summary.balanced
     assert summary.model == f"hf:{model}" and summary.model_version.startswith(
-        ("blip", "git", "vision-encoder-decoder", "blip-2", "llava", "idefics", "smolvlm")
+        (
+            "blip",
+            "git",
+            "vision-encoder-decoder",
+            "blip-2",
+            "llava",
+            "idefics",
+            "smolvlm",
+            "florence2",
+        )
     )
     rows = pq.read_table(tmp_path / "out" / "captions").to_pylist()
     assert len(rows) == 6
