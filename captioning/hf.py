@@ -469,11 +469,24 @@ def hf_identity(name_or_path: str, options: CaptionerOptions) -> tuple[str, str,
 
 
 def _input_size(path: Path) -> int | None:
-    """The largest side preprocessor_config.json resizes to (height/width/shortest_edge)."""
-    try:
-        size = json.loads((path / "preprocessor_config.json").read_text()).get("size")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
+    """The largest side the image processor resizes to (height/width/shortest_edge).
+
+    Read from preprocessor_config.json (hub models, transformers 4) or from the "image_processor"
+    part of processor_config.json (what transformers 5's save_pretrained writes instead)."""
+    size = None
+    for name, part in (
+        ("preprocessor_config.json", None),
+        ("processor_config.json", "image_processor"),
+    ):
+        try:
+            config = json.loads((path / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if part is not None:
+            config = config.get(part) if isinstance(config, dict) else None
+        if isinstance(config, dict) and config.get("size") is not None:
+            size = config["size"]
+            break
     if isinstance(size, int):
         return size
     if isinstance(size, dict):

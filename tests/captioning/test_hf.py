@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from captioning.backends import CaptionerOptions, load_captioner, load_preprocessor
-from captioning.hf import HFCaptioner, ModelLoadError
+from captioning.hf import HFCaptioner, ModelLoadError, _input_size, hf_identity, hf_preprocessor
 from tests.captioning.hf_tiny import FAMILIES, build, write_remote_code_config
 
 GREEDY = CaptionerOptions(device="cpu", beam_size=1, max_length=8, min_new_tokens=3)
@@ -366,3 +366,29 @@ def test_florence2_remote_code(models, images, tmp_path):
     native = load_captioner("hf:" + str(models["florence2"]), GREEDY)
     x = [cap.preprocess(im) for im in images[:4]]
     assert [r.caption for r in cap.caption(x)] == [r.caption for r in native.caption(x)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_input_size_is_read_from_what_save_pretrained_wrote(models, family):
+    # transformers 5 writes processor_config.json; the size decides the CPU call cap and the
+    # pipeline's reduced-size JPEG decoding
+    _, _, size = hf_identity(str(models[family]), CaptionerOptions(device="cpu"))
+    pre = hf_preprocessor(str(models[family]), CaptionerOptions(device="cpu"))
+    improc = getattr(pre.processor, "image_processor", pre.processor)
+    sides = [getattr(improc.size, k, None) for k in ("height", "width", "shortest_edge")]
+    assert size == max(v for v in sides if isinstance(v, int))
+
+
+def test_input_size_from_a_hub_layout_and_from_broken_files(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    assert _input_size(d) is None
+    (d / "processor_config.json").write_text("{not json")
+    assert _input_size(d) is None
+    (d / "preprocessor_config.json").write_text('{"size": {"height": 384, "width": 384}}')
+    assert _input_size(d) == 384  # the hub's (transformers 4) file wins
+    (d / "preprocessor_config.json").unlink()
+    (d / "processor_config.json").write_text(
+        '{"image_processor": {"size": {"shortest_edge": 224}}}'
+    )
+    assert _input_size(d) == 224
