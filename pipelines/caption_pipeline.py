@@ -184,9 +184,10 @@ def run_caption(
         config = dataclasses.replace(
             config, decode=dataclasses.replace(config.decode, draft_size=(side, side))
         )
-    if config.decode_on == "device" and not getattr(
-        load_preprocessor(config.model, config.captioner), "decodes_on_device", False
-    ):
+    # The preprocessor (no weights) checks what the model's files decide, e.g. a Florence-2 task
+    # --prompt, before any work: inside a worker it would fail on every image.
+    preprocessor = load_preprocessor(config.model, config.captioner)
+    if config.decode_on == "device" and not getattr(preprocessor, "decodes_on_device", False):
         raise ValueError(
             f"--decode-on device: {model_name} cannot decode on its device (only Hugging Face "
             "models without per-image text can: BLIP, GIT, ViT-GPT2, BLIP-2); use --decode-on cpu"

@@ -68,3 +68,20 @@ def test_a_bad_hf_model_fails_before_the_job(archive, tmp_path):
             [],
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_florence_task_prompt_fails_before_the_job(archive, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = build("florence2", tmp_path / "florence2")
+    options = CaptionerOptions(device="cpu", prompt="<CAPTION> and more words")
+    with pytest.raises(ValueError, match="Florence-2 takes a task token alone"):
+        run_caption(
+            CaptionConfig(
+                input=str(archive),
+                out=str(tmp_path / "out"),
+                model=f"hf:{model}",
+                captioner=options,
+            ),
+            [],
+        )
+    assert not (tmp_path / "out").exists()
