@@ -39,17 +39,9 @@ _PER_IMAGE_TEXT = ("image-text-to-text", "florence2")
 # Token-sequence keys of a processor's output: left-padded when collated; the rest concatenated.
 # Beam search generates batch x beams sequences and reorders every cache along them each step;
 # measured on CPU (GIT-base, 3 beams): 8 images per generate call 2.6 s/image, 32 images 3.4 s,
-# 1 image 3.5 s. So a big batch runs as sub-batches of at most this many sequences.
+# 1 image 3.5 s. So on a CPU a big batch runs as sub-batches of at most this many sequences.
+# GPUs, and greedy decoding, take the whole batch.
 MAX_BEAM_SEQUENCES = 24
-# On a CPU, images per generate call for models whose input is at least LARGE_INPUT pixels a side.
-# BLIP's vision tower uses eager attention (no SDPA in transformers), which materialises
-# (B, 12, 577, 577) attention probabilities at 384 px; past ~8 images they outgrow the caches.
-# Measured (base sizes, 2 cores, float32, a batch of 32; benchmarks/captioners.py --cpu-images 8
-# vs 32): BLIP-base 0.79 vs 0.70 images/s; but ViT-GPT2 at 224 px 2.14 vs 2.64, so smaller inputs
-# take the whole batch.
-# GPUs always take the whole batch.
-MAX_CPU_IMAGES = 8
-LARGE_INPUT = 384
 _SEQUENCE_KEYS: dict[str, int | None] = {
     "input_ids": None,
     "attention_mask": 0,
@@ -253,7 +245,6 @@ class HFCaptioner:
         self.speed_fixes = speed_up(self.model, self.family)
         self.name = f"hf:{name_or_path}"
         self.version = _version(self.resolved)
-        self._large_input = (_input_size(self.resolved.path) or 0) >= LARGE_INPUT
         self._prompt_ids = self._fixed_prompt_ids() if self.family not in _PER_IMAGE_TEXT else None
         gc = self.model.generation_config
         eos = gc.eos_token_id if gc.eos_token_id is not None else self.tokenizer.eos_token_id
@@ -328,13 +319,9 @@ class HFCaptioner:
         if not inputs:
             return []
         results: list[CaptionResult | None] = [None] * len(inputs)
-        step = (
-            len(inputs)
-            if self.options.beam_size == 1
-            else max(1, MAX_BEAM_SEQUENCES // self.options.beam_size)
-        )
-        if self.device.type == "cpu" and self._large_input:
-            step = min(step, MAX_CPU_IMAGES)
+        step = len(inputs)
+        if self.device.type == "cpu" and self.options.beam_size > 1:
+            step = max(1, MAX_BEAM_SEQUENCES // self.options.beam_size)
         for group in _groups(inputs):  # one group unless image-side shapes differ (dynamic VLMs)
             for s in range(0, len(group), step):
                 idx = group[s : s + step]

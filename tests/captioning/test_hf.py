@@ -99,6 +99,25 @@ def test_beam_batches_are_split_and_match_one_at_a_time(models, images, family):
     assert [r.caption for r in cap.caption(inputs)] == alone
 
 
+def test_only_cpu_beam_search_splits_a_batch(models, images, monkeypatch):
+    from captioning.hf import MAX_BEAM_SEQUENCES
+
+    cap = load_captioner("hf:" + str(models["git"]), CaptionerOptions(device="cpu", beam_size=3))
+    calls: list[int] = []
+    monkeypatch.setattr(cap, "_caption_batch", lambda xs: calls.append(len(xs)) or [None] * len(xs))
+    inputs = [cap.preprocess(im) for im in images + images[:2]]  # 10 images
+    cap.caption(inputs)
+    assert calls == [MAX_BEAM_SEQUENCES // 3, 10 - MAX_BEAM_SEQUENCES // 3]
+    calls.clear()
+    cap.device = torch.device("cuda")  # only the split policy runs: _caption_batch is faked
+    cap.caption(inputs)
+    assert calls == [10]  # a GPU takes the whole batch, beams and all
+    calls.clear()
+    cap.device, cap.options = torch.device("cpu"), CaptionerOptions(device="cpu", beam_size=1)
+    cap.caption(inputs)
+    assert calls == [10]  # greedy: the whole batch on a CPU too
+
+
 @pytest.mark.parametrize("family", ["git", "image-text-to-text", "blip"])
 def test_prompt_tokens_are_stripped(models, images, family):
     opts = CaptionerOptions(
