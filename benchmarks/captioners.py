@@ -7,7 +7,8 @@ start from the same decoded PIL images and include preprocessing. The baseline i
 `transformers.pipeline("image-text-to-text")` (transformers 5 folded "image-to-text" into it) at
 batch 1 and the same pipeline with batch_size=N; for families that pipeline cannot run (GIT: it
 passes token_type_ids to generate; VisionEncoderDecoder: it has no processor class) it is the
-model-card loop (processor -> generate -> decode, one image at a time).
+model-card loop (processor -> generate -> decode, one image at a time). The baseline runs
+transformers' own model: captioning/hf_fast.py's fixes are undone while it runs.
 
     python benchmarks/captioners.py --families blip --batches 1,8,32 --images 64
 """
@@ -30,7 +31,7 @@ from PIL import Image  # noqa: E402
 
 from captioning.backends import CaptionerOptions  # noqa: E402
 from captioning.hf import HFCaptioner  # noqa: E402
-from captioning.hf_fast import undo_speed_ups  # noqa: E402
+from captioning.hf_fast import speed_up, undo_speed_ups  # noqa: E402
 from tests.captioning.hf_tiny import FAMILIES, build  # noqa: E402
 
 
@@ -108,11 +109,19 @@ def baseline(cap: HFCaptioner, gen: dict):
     return loop, "model-card loop"
 
 
-def time_baseline(run, imgs: list[Image.Image], batch: int) -> float:
-    run(imgs[:1], 1)
-    t = time.perf_counter()
-    run(imgs, batch)
-    return len(imgs) / (time.perf_counter() - t)
+def time_baseline(
+    cap: HFCaptioner, run, imgs: list[Image.Image], batch: int, restore: bool
+) -> float:
+    """The baseline on transformers' own model: our speed fixes are off while it runs."""
+    undo_speed_ups(cap.model)
+    try:
+        run(imgs[:1], 1)
+        t = time.perf_counter()
+        run(imgs, batch)
+        return len(imgs) / (time.perf_counter() - t)
+    finally:
+        if restore:
+            speed_up(cap.model, cap.family)
 
 
 def main() -> None:
@@ -190,7 +199,11 @@ def main() -> None:
         for b in batches:
             ours = time_ours(cap, imgs, b, args.cpu_images)
             first = first or ours
-            theirs = None if args.no_baseline else time_baseline(run, imgs, b)
+            theirs = (
+                None
+                if args.no_baseline
+                else time_baseline(cap, run, imgs, b, restore=not args.no_speed_fixes)
+            )
             theirs_s = "-" if theirs is None else f"{theirs:.2f}"
             ratio = "-" if theirs is None else f"{ours / theirs:.2f}x"
             print(
