@@ -31,7 +31,7 @@ from PIL import Image  # noqa: E402
 
 from captioning.backends import CaptionerOptions  # noqa: E402
 from captioning.hf import HFCaptioner  # noqa: E402
-from captioning.hf_fast import speed_up, undo_speed_ups  # noqa: E402
+from captioning.hf_fast import FIXES, speed_up, undo_speed_ups  # noqa: E402
 from tests.captioning.hf_tiny import FAMILIES, build  # noqa: E402
 
 
@@ -124,6 +124,36 @@ def time_baseline(
             speed_up(cap.model, cap.family)
 
 
+def gflops_per_image(cap: HFCaptioner, imgs: list[Image.Image]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = [cap.preprocess(im) for im in imgs]
+    with FlopCounterMode(display=False) as counter:
+        cap.caption(inputs)
+    return counter.get_total_flops() / len(imgs) / 1e9
+
+
+def count_flops(args, opts: CaptionerOptions, imgs: list[Image.Image]) -> None:
+    """Work, not time: unaffected by a noisy machine. Eager attention on both sides, because the
+    flop counter has no formula for CPU SDPA kernels (it would count them as free)."""
+    print(
+        f"| family | beams | GFLOP/image | GFLOP/image, once-per-image fixes ({len(imgs)} images) |"
+    )
+    print("|---|---:|---:|---:|")
+    once = [f for f in FIXES if f != "sdpa-vision"]
+    for family in args.families.split(","):
+        cap = HFCaptioner(str(model_dir(family, args.workdir, args.size)), opts)
+        undo_speed_ups(cap.model)
+        before = gflops_per_image(cap, imgs)
+        applied = speed_up(cap.model, family, once)
+        after = gflops_per_image(cap, imgs)
+        print(
+            f"| {family} | {args.beam_size} | {before:.1f} | {after:.1f} "
+            f"({'+'.join(applied) or 'none apply'}) |",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -149,8 +179,14 @@ def main() -> None:
     ap.add_argument(
         "--no-speed-fixes",
         action="store_true",
-        help="undo captioning.hf_fast's fixes (SDPA in BLIP's vision tower, GIT encoding each "
-        "image once under beam search) to measure what they save",
+        help="undo captioning.hf_fast's fixes (SDPA in BLIP's vision tower; under beam search, "
+        "image-only work once per image) to measure what they save",
+    )
+    ap.add_argument(
+        "--flops",
+        action="store_true",
+        help="instead of timing: GFLOP per image of one caption call on --images images "
+        "(torch.utils.flop_counter), eager attention, with and without the once-per-image fixes",
     )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/imgindex-bench-models"))
     args = ap.parse_args()
@@ -185,6 +221,9 @@ def main() -> None:
         f"CPU images per call {args.cpu_images or 'default'}, speed fixes "
         f"{'off' if args.no_speed_fixes else 'on'}\n"
     )
+    if args.flops:
+        count_flops(args, opts, imgs)
+        return
     print(
         "| family | batch | ours img/s | baseline | baseline img/s | ours / baseline | "
         "ours per-image cost vs ours batch 1 |"

@@ -1,4 +1,4 @@
-"""A loaded transformers model -> the same model with two narrow speed fixes transformers lacks.
+"""A loaded transformers model -> the same model with narrow speed fixes transformers lacks.
 
 Each fix changes how a result is computed, never the result (tests/captioning/test_hf_fast.py
 holds each against the unpatched model):
@@ -7,11 +7,15 @@ holds each against the unpatched model):
   attention registry, so `attn_implementation="sdpa"` cannot reach it. At 384 px it materialises
   (B, heads, 577, 577) probabilities per layer. `F.scaled_dot_product_attention` computes the same
   thing without them (flash/memory-efficient kernels on a GPU).
-- GIT's generate expands `pixel_values` to batch x beams before its image encoder runs, so beam
-  search encodes every image `num_beams` times. The encoder then runs on each distinct image once
-  and its output is repeated, as for BLIP and the encoder-decoder families.
+- Beam search expands its inputs to batch x beams (`repeat_interleave`) before work that depends
+  only on the image, so that work ran `num_beams` times per image:
+  - GIT's image encoder (its generate expands `pixel_values`);
+  - the cross-attention key/value projections of the text decoder over the image features (BLIP,
+    VisionEncoderDecoder, Florence-2: their encoder outputs are expanded), about 16 GFLOP per
+    copy for BLIP-base's 577 image tokens.
+  Those modules now compute each run of identical consecutive rows once and repeat the result.
 
-Written by hand because no library does either; both patch one model instance (an instance
+Written by hand because no library does either; each patches one model instance (an instance
 attribute over the class's `forward`), never the transformers classes themselves.
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -28,19 +32,40 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["encode_each_image_once", "sdpa_blip_vision", "speed_up", "undo_speed_ups"]
+__all__ = ["FIXES", "once_per_distinct_row", "sdpa_blip_vision", "speed_up", "undo_speed_ups"]
+
+# Names (suffixes) of modules that project a text decoder's cross-attention keys/values from the
+# image side: BLIP / BERT-style decoders, GPT-2, BART (Florence-2) and its kin. Each is a
+# cross-attention-only module, called on the encoder's output.
+CROSS_KV = (
+    "crossattention.self.key",
+    "crossattention.self.value",
+    "crossattention.c_attn",
+    "encoder_attn.k_proj",
+    "encoder_attn.v_proj",
+)
+_CROSS_KV_FAMILIES = ("blip", "vision-encoder-decoder", "florence2")
 
 
-def speed_up(model: nn.Module, family: str) -> list[str]:
-    """Apply the fixes that fit `family` to `model` in place; return what was applied."""
+FIXES = ("sdpa-vision", "encode-once", "cross-kv-once")
+
+
+def speed_up(model: nn.Module, family: str, fixes: Collection[str] = FIXES) -> list[str]:
+    """Apply those of `fixes` that fit `family` to `model` in place; return what was applied."""
     applied = []
-    if family == "blip" and sdpa_blip_vision(model):
+    if "sdpa-vision" in fixes and family == "blip" and sdpa_blip_vision(model):
         applied.append("sdpa-vision")
-    if family == "git":
+    if "encode-once" in fixes and family == "git":
         encoder = getattr(getattr(model, "git", None), "image_encoder", None)
         if encoder is not None:
-            encode_each_image_once(encoder)
+            once_per_distinct_row(encoder)
             applied.append("encode-once")
+    if "cross-kv-once" in fixes and family in _CROSS_KV_FAMILIES:
+        projections = [m for n, m in model.named_modules() if n.endswith(CROSS_KV)]
+        for m in projections:
+            once_per_distinct_row(m)
+        if projections:
+            applied.append("cross-kv-once")
     if applied:
         logger.info("speed fixes for %s: %s", type(model).__name__, ", ".join(applied))
     return applied
@@ -88,30 +113,31 @@ def _blip_sdpa_forward(
     return module.projection(ctx), None
 
 
-# -- one encoder pass per distinct image ------------------------------------------------------
-def encode_each_image_once(encoder: nn.Module) -> None:
-    """Make `encoder(pixel_values, ...)` run on each run of identical consecutive images once.
+# -- one pass per distinct input row ----------------------------------------------------------
+def once_per_distinct_row(module: nn.Module) -> None:
+    """Make `module(x, ...)` compute each run of identical consecutive rows of `x` once.
 
     `generate` expands inputs with `repeat_interleave`, so a beam-expanded batch is runs of equal
-    rows. Equal rows are found exactly (elementwise), so distinct images are never merged.
+    rows. Equal rows are found exactly (elementwise), and equal inputs give equal outputs, so the
+    result is the same; a batch with no repeats goes through untouched.
     """
-    encoder.forward = _once_per_image(encoder.forward)  # type: ignore[method-assign]
+    module.forward = _once_per_row(module.forward)  # type: ignore[method-assign]
 
 
-def _once_per_image(forward: Callable[..., Any]) -> Callable[..., Any]:
+def _once_per_row(forward: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(forward)
-    def run(pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        n = pixel_values.shape[0]
+    def run(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        n = x.shape[0]
         if n < 2:
-            return forward(pixel_values, *args, **kwargs)
-        flat = pixel_values.reshape(n, -1)  # (N, C*H*W)
-        starts = torch.ones(n, dtype=torch.bool, device=pixel_values.device)  # (N,)
+            return forward(x, *args, **kwargs)
+        flat = x.reshape(n, -1)  # (N, ...) -> (N, F)
+        starts = torch.ones(n, dtype=torch.bool, device=x.device)  # (N,)
         starts[1:] = (flat[1:] != flat[:-1]).any(dim=1)  # a row that differs from the one before
         if bool(starts.all()):
-            return forward(pixel_values, *args, **kwargs)
+            return forward(x, *args, **kwargs)
         distinct = starts.nonzero().squeeze(1)  # (U,)
         source = starts.cumsum(0) - 1  # (N,) row i's index among the U distinct rows
-        out = forward(pixel_values[distinct], *args, **kwargs)  # outputs for (U, ...)
+        out = forward(x[distinct], *args, **kwargs)  # outputs for (U, ...)
         return _take(out, source, len(distinct))
 
     return run

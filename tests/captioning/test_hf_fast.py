@@ -12,7 +12,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from captioning.backends import CaptionerOptions
 from captioning.hf import HFCaptioner
-from captioning.hf_fast import _once_per_image, sdpa_blip_vision, undo_speed_ups
+from captioning.hf_fast import CROSS_KV, _once_per_row, sdpa_blip_vision, speed_up, undo_speed_ups
 from tests.captioning.hf_tiny import build
 
 BEAM3 = CaptionerOptions(device="cpu", beam_size=3, num_return_sequences=2, max_length=6)
@@ -35,7 +35,7 @@ def test_blip_vision_sdpa_matches_eager(tmp_path, images):
     d = build("blip", tmp_path / "blip")
     fast = HFCaptioner(str(d), BEAM3)
     layers = fast.model.config.vision_config.num_hidden_layers
-    assert fast.speed_fixes == ["sdpa-vision"]
+    assert fast.speed_fixes == ["sdpa-vision", "cross-kv-once"]
     assert sum("forward" in m.__dict__ for m in fast.model.vision_model.modules()) == layers
 
     eager = BlipForConditionalGeneration.from_pretrained(d).eval()
@@ -70,6 +70,43 @@ def test_git_beam_search_encodes_each_image_once(tmp_path, images):
     assert np.allclose([r.score for r in once], [r.score for r in beams], atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["blip", "vision-encoder-decoder", "florence2"])
+def test_cross_attention_projects_each_image_once(tmp_path, images, family):
+    cap = HFCaptioner(str(build(family, tmp_path / family)), BEAM3)
+    assert "cross-kv-once" in cap.speed_fixes
+    inputs = [cap.preprocess(im) for im in images]
+    fast = cap.caption(inputs)
+
+    # Put a row counter under each cross-attention K/V projection, then the fix over it again.
+    undo_speed_ups(cap.model)
+    rows: list[int] = []
+
+    def counted(forward):
+        def run(x, *args, **kwargs):
+            rows.append(x.shape[0])
+            return forward(x, *args, **kwargs)
+
+        return run
+
+    projections = [m for n, m in cap.model.named_modules() if n.endswith(CROSS_KV)]
+    assert len(projections) >= 2
+    for m in projections:
+        m.forward = counted(m.forward)
+    plain = cap.caption(inputs)  # rows seen without the fix
+    without = list(rows)
+    rows.clear()
+    speed_up(cap.model, family)
+    again = cap.caption(inputs)
+    assert set(without) == {len(images) * 3}  # each image's features projected once per beam
+    assert set(rows) == {len(images)} and len(rows) == len(without)
+    assert (
+        [r.candidates for r in fast]
+        == [r.candidates for r in plain]
+        == [r.candidates for r in again]
+    )
+    assert np.allclose([r.score for r in fast], [r.score for r in plain], atol=1e-5)
+
+
 def test_once_per_image_never_merges_distinct_images():
     seen: list[torch.Tensor] = []
 
@@ -83,7 +120,7 @@ def test_once_per_image_never_merges_distinct_images():
     a, b = torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)
     # rows: a a b a  -> the last a is not next to the first two, so it is encoded again
     px = torch.cat([a, a, b, a])
-    out = _once_per_image(encoder)(px, scale=2.0)
+    out = _once_per_row(encoder)(px, scale=2.0)
     want = encoder(px, scale=2.0)
     assert [t.shape[0] for t in seen] == [3, 4]  # patched call: rows a, b, a; then the reference
     torch.testing.assert_close(out.last_hidden_state, want.last_hidden_state)
@@ -93,7 +130,7 @@ def test_once_per_image_never_merges_distinct_images():
 
     seen.clear()
     distinct = torch.rand(3, 3, 2, 2)
-    _once_per_image(encoder)(distinct)
+    _once_per_row(encoder)(distinct)
     assert seen[0] is distinct  # nothing to share: the input goes through untouched
 
 
