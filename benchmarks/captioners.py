@@ -183,6 +183,13 @@ def main() -> None:
         "image-only work once per image) to measure what they save",
     )
     ap.add_argument(
+        "--beam-sequences",
+        type=int,
+        default=None,
+        help="override captioning.hf.MAX_BEAM_SEQUENCES (sequences per generate call on a CPU "
+        "under beam search) to measure that cap",
+    )
+    ap.add_argument(
         "--flops",
         action="store_true",
         help="instead of timing: GFLOP per image of one caption call on --images images "
@@ -191,6 +198,10 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/imgindex-bench-models"))
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    if args.beam_sequences is not None:
+        import captioning.hf as hf
+
+        hf.MAX_BEAM_SEQUENCES = args.beam_sequences
     imgs = images(args.images)
     opts = CaptionerOptions(
         device="cpu",
