@@ -22,6 +22,7 @@ attribute over the class's `forward`), never the transformers classes themselves
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Collection
 from typing import Any
@@ -85,6 +86,10 @@ def undo_speed_ups(model: nn.Module) -> None:
 
 
 # -- BLIP vision attention through SDPA -------------------------------------------------------
+# BlipAttention.forward's parameters in transformers 4.45-5.x; head_mask is always None here.
+_BLIP_ATTENTION_ARGS = {"self", "hidden_states", "head_mask", "output_attentions", "kwargs"}
+
+
 def sdpa_blip_vision(model: nn.Module) -> int:
     """Route every `BlipAttention` of `model.vision_model` through SDPA; return how many.
 
@@ -100,6 +105,10 @@ def sdpa_blip_vision(model: nn.Module) -> int:
             continue
         if not all(hasattr(module, a) for a in ("qkv", "projection", "num_heads", "head_dim")):
             logger.warning("BlipAttention without qkv/projection: left eager")
+            continue
+        takes = set(inspect.signature(type(module).forward).parameters) - _BLIP_ATTENTION_ARGS
+        if takes:  # e.g. an attention mask this SDPA call would ignore
+            logger.warning("BlipAttention.forward also takes %s: left eager", sorted(takes))
             continue
         module.forward = functools.partial(_blip_sdpa_forward, module)  # type: ignore[method-assign]
         count += 1

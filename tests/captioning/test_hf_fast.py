@@ -144,4 +144,21 @@ def test_unknown_blip_attention_layout_is_left_eager(caplog):
     model.vision_model = nn.Sequential(BlipAttention())
     assert sdpa_blip_vision(model) == 0
     assert "forward" not in model.vision_model[0].__dict__
-    assert "left eager" in caplog.text
+    assert "without qkv/projection: left eager" in caplog.text
+
+
+def test_blip_attention_taking_a_mask_is_left_eager(caplog):
+    class BlipAttention(nn.Module):  # the right parts, but a forward that takes a mask
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.projection = nn.Linear(4, 12), nn.Linear(4, 4)
+            self.num_heads, self.head_dim = 2, 2
+
+        def forward(self, hidden_states, attention_mask=None, **kwargs):
+            return hidden_states, None
+
+    model = nn.Module()
+    model.vision_model = nn.Sequential(BlipAttention())
+    assert sdpa_blip_vision(model) == 0
+    assert "forward" not in model.vision_model[0].__dict__
+    assert "also takes ['attention_mask']: left eager" in caplog.text
