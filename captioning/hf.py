@@ -408,9 +408,15 @@ class HFCaptioner:
             return out.sequences_scores.float().tolist()
         if not out.scores:
             return None
-        logp = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # (B*n, T_new, V)
-        new = out.sequences[:, -logp.shape[1] :]  # (B*n, T_new)
-        tok = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B*n, T_new)
+        new = out.sequences[:, -len(out.scores) :]  # (B*n, T_new)
+        # one step at a time: a (B*n, V) float32 buffer, not (B*n, T_new, V) (GBs at GPU batches)
+        tok = torch.stack(
+            [
+                step.float().log_softmax(-1).gather(-1, new[:, t : t + 1]).squeeze(-1)  # (B*n,)
+                for t, step in enumerate(out.scores)
+            ],
+            dim=1,
+        )  # (B*n, T_new)
         ended = torch.zeros_like(new, dtype=torch.bool)
         for e in self._eos:
             ended |= new == e

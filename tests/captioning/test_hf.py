@@ -411,3 +411,30 @@ def test_input_size_from_a_hub_layout_and_from_broken_files(tmp_path):
         '{"image_processor": {"size": {"shortest_edge": 224}}}'
     )
     assert _input_size(d) == 224
+
+
+@pytest.mark.parametrize("family", ["blip", "florence2"])
+def test_greedy_score_is_the_mean_log_probability_up_to_eos(models, images, family):
+    cap = load_captioner("hf:" + str(models[family]), GREEDY)
+    if family == "florence2":  # some captions end early and are padded: the case that matters
+        with torch.no_grad():
+            cap.model.get_output_embeddings().weight[cap.tokenizer.eos_token_id] *= 4
+    results = cap.caption([cap.preprocess(im) for im in images])
+    batch = cap._collate([cap.preprocess(im) for im in images])
+    if cap._prompt_ids is not None:
+        ids = cap._prompt_ids.expand(len(images), -1).clone()
+        batch["input_ids"], batch["attention_mask"] = ids, torch.ones_like(ids)
+    with torch.inference_mode():
+        out = cap.model.generate(**batch, **cap._generate_kwargs())
+    steps = len(out.scores)
+    want = []
+    for row in range(len(images)):  # one row, one step at a time, the plain way
+        total, count = 0.0, 0
+        for t in range(steps):
+            token = int(out.sequences[row, -steps + t])
+            total += float(out.scores[t][row].float().log_softmax(-1)[token])
+            count += 1
+            if token in cap._eos:
+                break
+        want.append(total / count)
+    assert np.allclose([r.score for r in results], want, atol=1e-5)
