@@ -88,6 +88,7 @@ def undo_speed_ups(model: nn.Module) -> None:
 # -- BLIP vision attention through SDPA -------------------------------------------------------
 # BlipAttention.forward's parameters in transformers 4.45-5.x; head_mask is always None here.
 _BLIP_ATTENTION_ARGS = {"self", "hidden_states", "head_mask", "output_attentions", "kwargs"}
+_BLIP_ATTENTION_PARTS = ("qkv", "projection", "num_heads", "head_dim", "scale", "dropout")
 
 
 def sdpa_blip_vision(model: nn.Module) -> int:
@@ -103,7 +104,7 @@ def sdpa_blip_vision(model: nn.Module) -> int:
     for module in vision.modules():
         if type(module).__name__ != "BlipAttention":
             continue
-        if not all(hasattr(module, a) for a in ("qkv", "projection", "num_heads", "head_dim")):
+        if not all(hasattr(module, a) for a in _BLIP_ATTENTION_PARTS):
             logger.warning("BlipAttention without qkv/projection: left eager")
             continue
         takes = set(inspect.signature(type(module).forward).parameters) - _BLIP_ATTENTION_ARGS

@@ -152,7 +152,8 @@ def test_blip_attention_taking_a_mask_is_left_eager(caplog):
         def __init__(self) -> None:
             super().__init__()
             self.qkv, self.projection = nn.Linear(4, 12), nn.Linear(4, 4)
-            self.num_heads, self.head_dim = 2, 2
+            self.num_heads, self.head_dim, self.scale = 2, 2, 0.5
+            self.dropout = nn.Dropout(0.0)
 
         def forward(self, hidden_states, attention_mask=None, **kwargs):
             return hidden_states, None
