@@ -37,10 +37,10 @@ FLORENCE_TASK = "<MORE_DETAILED_CAPTION>"
 # Families whose processor output for one image is the whole model input (text side included).
 _PER_IMAGE_TEXT = ("image-text-to-text", "florence2")
 # Beam search generates batch x beams sequences and reorders every cache along them each step.
-# Measured on CPU, base sizes, 3 beams, 32 images, float32 (benchmarks/captioners.py
-# --beam-sequences 96 vs the default): GIT 1.11-1.27 images/s in calls of 24 sequences vs
-# 0.96-0.97 in one call of 96; ViT-GPT2 1.34-1.43 vs 1.01-1.03. So on a CPU a big batch runs as
-# sub-batches of at most this many sequences. GPUs, and greedy decoding, take the whole batch.
+# Measured on CPU, base sizes, 3 beams, 32 images, float32 (benchmarks/captioners.py, default vs
+# --beam-sequences 96): GIT 1.17 images/s in calls of 24 sequences vs 0.81 in one call of 96,
+# ViT-GPT2 1.39 vs 1.23. So on a CPU a big batch runs as sub-batches of at most this many
+# sequences. GPUs, and greedy decoding, take the whole batch.
 MAX_BEAM_SEQUENCES = 24
 # Token-sequence keys of a processor's output: left-padded when collated; the rest concatenated.
 _SEQUENCE_KEYS: dict[str, int | None] = {

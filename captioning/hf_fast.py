@@ -86,7 +86,8 @@ def undo_speed_ups(model: nn.Module) -> None:
 
 
 # -- BLIP vision attention through SDPA -------------------------------------------------------
-# BlipAttention.forward's parameters in transformers 4.45-5.x; head_mask is always None here.
+# Parameters the SDPA forward stands in for: transformers 5.24 takes hidden_states and **kwargs;
+# head_mask and output_attentions (older versions) are never set by our generate calls.
 _BLIP_ATTENTION_ARGS = {"self", "hidden_states", "head_mask", "output_attentions", "kwargs"}
 _BLIP_ATTENTION_PARTS = ("qkv", "projection", "num_heads", "head_dim", "scale", "dropout")
 

@@ -384,37 +384,31 @@ def build_florence2(out_dir: Path, size: str = "tiny") -> Path:
     )
 
     tok = _bart_tokenizer(None if size == "tiny" else 51290)
-    ids = {"bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2}
+    # (width, layers per side, heads, feed-forward width, positions)
+    width, layers, heads, ffn, positions = (
+        (32, 2, 2, 64, 128) if size == "tiny" else (768, 6, 12, 3072, 1024)
+    )
+    text = {
+        "bos_token_id": 0,
+        "pad_token_id": 1,
+        "eos_token_id": 2,
+        "decoder_start_token_id": 2,
+        "vocab_size": len(tok),
+        "d_model": width,
+        "encoder_layers": layers,
+        "decoder_layers": layers,
+        "encoder_attention_heads": heads,
+        "decoder_attention_heads": heads,
+        "encoder_ffn_dim": ffn,
+        "decoder_ffn_dim": ffn,
+        "max_position_embeddings": positions,
+    }
     if size == "tiny":
         vision = dict(_FLORENCE_TINY_VISION, initializer_range=0.3)
-        text = dict(
-            ids,
-            vocab_size=len(tok),
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            max_position_embeddings=128,
-            init_std=0.3,
-        )
+        text["init_std"] = 0.3
         image = TINY_IMAGE
     else:  # Florence2VisionConfig defaults are base's DaViT; its projection is to BART-base
         vision = {"projection_dim": 768, "drop_path_rate": 0.0}
-        text = dict(
-            ids,
-            vocab_size=len(tok),
-            d_model=768,
-            encoder_layers=6,
-            decoder_layers=6,
-            encoder_attention_heads=12,
-            decoder_attention_heads=12,
-            encoder_ffn_dim=3072,
-            decoder_ffn_dim=3072,
-            max_position_embeddings=1024,
-        )
         image = 768
     config = Florence2Config(
         vision_config=vision, text_config=text, image_token_id=tok.image_token_id
