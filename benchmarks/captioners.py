@@ -8,7 +8,9 @@ start from the same decoded PIL images and include preprocessing. The baseline i
 batch 1 and the same pipeline with batch_size=N; for families that pipeline cannot run (GIT: it
 passes token_type_ids to generate; VisionEncoderDecoder: it has no processor class) it is the
 model-card loop (processor -> generate -> decode, one image at a time). The baseline runs
-transformers' own model: captioning/hf_fast.py's fixes are undone while it runs.
+transformers' own model: captioning/hf_fast.py's fixes are undone while it runs. The heap policy
+(--cpu-heap, captioning/cpu_memory.py) is process-wide, so the baseline runs under the same one:
+compare runs with --cpu-heap keep and system to see what it saves.
 
     python benchmarks/captioners.py --families blip --batches 1,8,32 --images 64
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -195,6 +198,12 @@ def main() -> None:
         help="instead of timing: GFLOP per image of one caption call on --images images "
         "(torch.utils.flop_counter), eager attention, with and without the once-per-image fixes",
     )
+    ap.add_argument(
+        "--cpu-heap",
+        default="keep",
+        choices=("keep", "system"),
+        help="CaptionerOptions.cpu_heap, for this whole process",
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/imgindex-bench-models"))
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -210,6 +219,7 @@ def main() -> None:
         max_length=args.new_tokens,
         min_new_tokens=args.new_tokens,
         threads=args.threads,
+        cpu_heap=args.cpu_heap,
     )
     if args.threads:  # before anything runs, so the baseline gets the same threads
         torch.set_num_threads(args.threads)
@@ -230,7 +240,7 @@ def main() -> None:
         f"{args.size} models, random weights, {args.images} images, exactly {args.new_tokens} "
         f"new tokens, beam size {args.beam_size}, dtype {args.dtype}, "
         f"CPU images per call {args.cpu_images or 'default'}, speed fixes "
-        f"{'off' if args.no_speed_fixes else 'on'}\n"
+        f"{'off' if args.no_speed_fixes else 'on'}, CPU heap {args.cpu_heap}\n"
     )
     if args.flops:
         count_flops(args, opts, imgs)
@@ -261,6 +271,8 @@ def main() -> None:
                 f"{first / ours:.2f} |",
                 flush=True,
             )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    print(f"\npeak resident memory of this process: {peak:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from captioning.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, read_model_config
+from captioning.cpu_memory import CPU_HEAP_POLICIES, keep_freed_memory
 from captioning.decoding import Decoded, DecodeOptions, decode
 from captioning.preprocess import normalize, to_model_input
 
@@ -50,6 +51,9 @@ class CaptionerOptions:
     # core). Cores / processes when several workers share a machine: more threads than free cores
     # make every op wait for a descheduled thread (measured: 5x slower decoding).
     threads: int | None = None
+    # On a CPU: "keep" = freed memory stays with the process for the next batch (glibc only; see
+    # captioning/cpu_memory.py), "system" = the C library's default, which returns it.
+    cpu_heap: str = "keep"
 
     def __post_init__(self) -> None:
         DecodeOptions(self.beam_size, self.max_length, self.length_penalty)  # validates
@@ -71,6 +75,10 @@ class CaptionerOptions:
             )
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
+        if self.cpu_heap not in CPU_HEAP_POLICIES:
+            raise ValueError(
+                f"--cpu-heap must be {' or '.join(CPU_HEAP_POLICIES)}, got {self.cpu_heap!r}"
+            )
         if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_length:
             raise ValueError(
                 f"--min-new-tokens must be between 0 and --max-length "
@@ -81,6 +89,13 @@ class CaptionerOptions:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    def set_up_process(self) -> None:
+        """The process-wide CPU settings these options ask for (threads, heap policy)."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)  # process-wide: see threads above
+        if self.cpu_heap == "keep" and self.resolved_device().type == "cpu":
+            keep_freed_memory()
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
@@ -158,8 +173,7 @@ class NativeCaptioner:
         self, model_dir: str | Path | None = None, options: CaptionerOptions = CaptionerOptions()
     ):
         self.options = options
-        if options.threads is not None:
-            torch.set_num_threads(options.threads)  # process-wide: see CaptionerOptions.threads
+        options.set_up_process()
         self.device = options.resolved_device()
         ckpt = load_checkpoint(model_dir, self.device)
         self.model, self.vocab = ckpt.model, ckpt.vocab

@@ -223,8 +223,7 @@ class HFCaptioner:
     def __init__(self, name_or_path: str, options: CaptionerOptions | None = None):
         options = CaptionerOptions() if options is None else options
         self.options = options
-        if options.threads is not None:
-            torch.set_num_threads(options.threads)  # process-wide: see CaptionerOptions.threads
+        options.set_up_process()
         self.resolved = resolve(
             name_or_path,
             trust_remote_code=options.trust_remote_code,

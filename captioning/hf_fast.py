@@ -148,9 +148,7 @@ def _once_per_row(forward: Callable[..., Any]) -> Callable[..., Any]:
         n = x.shape[0]
         if n < 2:
             return forward(x, *args, **kwargs)
-        flat = x.reshape(n, -1)  # (N, ...) -> (N, F)
-        starts = torch.ones(n, dtype=torch.bool, device=x.device)  # (N,)
-        starts[1:] = (flat[1:] != flat[:-1]).any(dim=1)  # a row that differs from the one before
+        starts = _run_starts(x.reshape(n, -1))  # (N, ...) -> (N, F) -> (N,)
         if bool(starts.all()):
             return forward(x, *args, **kwargs)
         distinct = starts.nonzero().squeeze(1)  # (U,)
@@ -159,6 +157,25 @@ def _once_per_row(forward: Callable[..., Any]) -> Callable[..., Any]:
         return _take(out, source, len(distinct))
 
     return run
+
+
+_PROBE = 64  # leading values compared first: rows of different images differ there already
+
+
+def _run_starts(flat: torch.Tensor) -> torch.Tensor:
+    """(N, F) -> (N,) bool: row i differs from row i-1 (row 0 always starts a run).
+
+    Exact, but cheap when rows differ: only pairs whose first _PROBE values agree are compared in
+    full, so a greedy batch of distinct images costs (N, 64) comparisons, not (N, F).
+    """
+    n = flat.shape[0]
+    starts = torch.ones(n, dtype=torch.bool, device=flat.device)  # (N,)
+    head = flat[:, :_PROBE]  # (N, min(F, 64))
+    maybe_same = (head[1:] == head[:-1]).all(dim=1).nonzero().squeeze(1)  # (M,) pairs (i, i+1)
+    if len(maybe_same):
+        differs = (flat[maybe_same + 1] != flat[maybe_same]).any(dim=1)  # (M, F) -> (M,)
+        starts[maybe_same + 1] = differs
+    return starts
 
 
 def _take(out: Any, index: torch.Tensor, rows: int) -> Any:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from pipelines.cli_common import (
     BeamOpt,
+    CpuHeapOpt,
     DeviceOpt,
     DTypeOpt,
     MaxLenOpt,
@@ -225,6 +226,7 @@ def describe(
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
     threads: ThreadsOpt = None,
+    cpu_heap: CpuHeapOpt = "keep",
 ) -> None:
     """Caption image files; unreadable files get a one-line error and a non-zero exit code."""
     from captioning.backends import load_captioner
@@ -239,6 +241,7 @@ def describe(
         trust_remote_code,
         allow_pickle,
         threads,
+        cpu_heap,
     )
     captioner = load_captioner(model, options)
     good, bad = _read_images(images)

@@ -73,6 +73,14 @@ PickleOpt = Annotated[
 ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", help="torch CPU threads per process (cores / processes).")
 ]
+CpuHeapOpt = Annotated[
+    str,
+    typer.Option(
+        "--cpu-heap",
+        help="On a CPU: keep (freed memory stays with the process for the next batch; glibc) "
+        "or system (the C library's default, which returns it).",
+    ),
+]
 DecodeOnOpt = Annotated[
     str,
     typer.Option(
@@ -101,6 +109,7 @@ def captioner_options(
     trust_remote_code: bool,
     allow_pickle: bool,
     threads: int | None,
+    cpu_heap: str = "keep",
 ):
     from captioning.backends import CaptionerOptions
 
@@ -114,4 +123,5 @@ def captioner_options(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
         threads=threads,
+        cpu_heap=cpu_heap,
     )

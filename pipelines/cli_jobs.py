@@ -10,6 +10,7 @@ from rich.table import Table
 
 from pipelines.cli_common import (
     BeamOpt,
+    CpuHeapOpt,
     DecodeOnOpt,
     DeviceOpt,
     DTypeOpt,
@@ -122,6 +123,7 @@ def caption(
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
     threads: ThreadsOpt = None,
+    cpu_heap: CpuHeapOpt = "keep",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     image_column: ImageColumnOpt = "jpg",
     model_copies: ModelCopiesOpt = None,
@@ -138,6 +140,7 @@ def caption(
         trust_remote_code,
         allow_pickle,
         threads,
+        cpu_heap,
     )
     config = _caption_config(
         input_,
@@ -229,6 +232,7 @@ def run(
     trust_remote_code: TrustOpt = False,
     allow_pickle: PickleOpt = False,
     threads: ThreadsOpt = None,
+    cpu_heap: CpuHeapOpt = "keep",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     image_column: ImageColumnOpt = "jpg",
     model_copies: ModelCopiesOpt = None,
@@ -246,6 +250,7 @@ def run(
         trust_remote_code,
         allow_pickle,
         threads,
+        cpu_heap,
     )
     config = _caption_config(
         input_,

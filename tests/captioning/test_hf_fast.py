@@ -12,7 +12,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from captioning.backends import CaptionerOptions
 from captioning.hf import HFCaptioner
-from captioning.hf_fast import CROSS_KV, _once_per_row, sdpa_blip_vision, speed_up, undo_speed_ups
+from captioning.hf_fast import (
+    CROSS_KV,
+    _once_per_row,
+    _run_starts,
+    sdpa_blip_vision,
+    speed_up,
+    undo_speed_ups,
+)
 from tests.captioning.hf_tiny import build
 
 BEAM3 = CaptionerOptions(device="cpu", beam_size=3, num_return_sequences=2, max_length=6)
@@ -132,6 +139,17 @@ def test_once_per_image_never_merges_distinct_images():
     distinct = torch.rand(3, 3, 2, 2)
     _once_per_row(encoder)(distinct)
     assert seen[0] is distinct  # nothing to share: the input goes through untouched
+
+
+def test_run_starts_compares_in_full_rows_that_share_their_first_values():
+    rows = torch.rand(1, 200).repeat(6, 1)  # (6, 200), all equal
+    rows[2, 150] += 1  # the same first 64 values as its neighbours, different later
+    rows[4, 0] += 1  # different at once
+    full = torch.ones(6, dtype=torch.bool)
+    full[1:] = (rows[1:] != rows[:-1]).any(dim=1)  # the plain elementwise reference
+    assert _run_starts(rows).tolist() == full.tolist() == [True, False, True, True, True, True]
+    narrow = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 3.0]])  # fewer values than the probe
+    assert _run_starts(narrow).tolist() == [True, False, True]
 
 
 def test_unknown_blip_attention_layout_is_left_eager(caplog):

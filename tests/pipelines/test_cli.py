@@ -234,6 +234,7 @@ def test_sample_archive_with_one_image_format(tmp_path):
         (["--model-copies", "0"], "--model-copies must be at least 1, got 0"),
         (["--decode-on", "gpu"], "--decode-on must be one of auto, cpu, device"),
         (["--decode-on", "device"], "cannot decode on its device"),
+        (["--cpu-heap", "free"], "--cpu-heap must be keep or system, got 'free'"),
     ],
 )
 def test_caption_and_run_share_the_job_options(images, tmp_path, command, args, message):
