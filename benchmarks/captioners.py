@@ -21,6 +21,7 @@ import argparse
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -173,6 +174,12 @@ def main() -> None:
     ap.add_argument("--size", default="base", choices=("base", "tiny"))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="time each batch size N times, ours and the baseline in turn; report the medians",
+    )
     ap.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     ap.add_argument(
         "--cpu-images",
@@ -242,7 +249,8 @@ def main() -> None:
         f"{args.size} models, random weights, {args.images} images, exactly {args.new_tokens} "
         f"new tokens, beam size {args.beam_size}, dtype {args.dtype}, "
         f"CPU images per call {args.cpu_images or 'default'}, speed fixes "
-        f"{'off' if args.no_speed_fixes else 'on'}, CPU heap {args.cpu_heap}\n"
+        f"{'off' if args.no_speed_fixes else 'on'}, CPU heap {args.cpu_heap}, median of "
+        f"{args.repeats} interleaved run(s)\n"
     )
     if args.flops:
         count_flops(args, opts, imgs)
@@ -259,13 +267,16 @@ def main() -> None:
         run, base_name = baseline(cap, gen)
         first = None
         for b in batches:
-            ours = time_ours(cap, imgs, b, args.cpu_images)
+            ours_runs, their_runs = [], []
+            for _ in range(args.repeats):  # interleaved, so drift hits both sides alike
+                ours_runs.append(time_ours(cap, imgs, b, args.cpu_images))
+                if not args.no_baseline:
+                    their_runs.append(
+                        time_baseline(cap, run, imgs, b, restore=not args.no_speed_fixes)
+                    )
+            ours = statistics.median(ours_runs)
             first = first or ours
-            theirs = (
-                None
-                if args.no_baseline
-                else time_baseline(cap, run, imgs, b, restore=not args.no_speed_fixes)
-            )
+            theirs = statistics.median(their_runs) if their_runs else None
             theirs_s = "-" if theirs is None else f"{theirs:.2f}"
             ratio = "-" if theirs is None else f"{ours / theirs:.2f}x"
             print(
