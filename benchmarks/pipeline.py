@@ -60,7 +60,7 @@ def efficiency(args: argparse.Namespace, beam_args: list[str]) -> None:
 
     root = Path(args.workdir)
     archive = _archive(root, args.images, args.shards)
-    options = CaptionerOptions(device="cpu", beam_size=args.beam_size)
+    options = CaptionerOptions(device="cpu", beam_size=args.beam_size, cpu_heap=args.cpu_heap)
     out = root / "efficiency-out"
     config = CaptionConfig(
         input=str(archive),
@@ -95,7 +95,8 @@ def efficiency(args: argparse.Namespace, beam_args: list[str]) -> None:
     print(f"machine: {_machine()}")
     print(
         f"{summary.read} images in {args.shards} tar shards, batch {args.batch_size}, "
-        f"beam {args.beam_size}, beam args {beam_args or '(local default)'}\n"
+        f"beam {args.beam_size}, CPU heap {args.cpu_heap}, "
+        f"beam args {beam_args or '(local default)'}\n"
     )
     print(f"| measure | images/s, median of {args.repeats} (range) |")
     print("|---|---:|")
@@ -111,7 +112,7 @@ def efficiency(args: argparse.Namespace, beam_args: list[str]) -> None:
 
 def memory(args: argparse.Namespace, beam_args: list[str]) -> None:
     root = Path(args.workdir)
-    print(f"machine: {_machine()}\n")
+    print(f"machine: {_machine()}; CPU heap {args.cpu_heap}\n")
     print("| images | seconds | peak RSS (MiB) | vs smallest |")
     print("|---:|---:|---:|---:|")
     base = None
@@ -129,6 +130,8 @@ def memory(args: argparse.Namespace, beam_args: list[str]) -> None:
             "--overwrite",
             "--batch-size",
             str(args.batch_size),
+            "--cpu-heap",
+            args.cpu_heap,
             "--",
             *beam_args,
         ]
@@ -186,6 +189,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--cpu-heap",
+        default="keep",
+        choices=("keep", "system"),
+        help="efficiency and memory: CaptionerOptions.cpu_heap (process-wide)",
+    )
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "imgindex-bench"))
     args = ap.parse_args(argv)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
