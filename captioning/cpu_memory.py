@@ -4,13 +4,20 @@ A batched CPU forward pass allocates and frees the same large activations every 
 at batch 32: (32, 577, 3072) float32 = 227 MB per MLP layer). glibc's malloc serves blocks that
 large with a fresh `mmap` and `munmap`s them on free, and a worker thread's arena does the same
 past 64 MB, so every batch touches new pages and the kernel faults and zeroes each 4 KiB page again
-(on the development VM that made batch 32 12-15% slower: docs/models.md).
+(on the development VM, keeping freed memory made BLIP and GIT 14-17% faster at batch 32:
+docs/models.md).
 
 `keep_freed_memory` turns that off with glibc's own knobs (`mallopt`): no mmap for large blocks,
 one arena for every thread, and free memory at the top of the heap kept up to 2 GiB instead of
 128 KiB. The cost: the process keeps its peak heap (up to 2 GiB of it free) instead of handing it
-back. jemalloc or tcmalloc through LD_PRELOAD do the same job and are what PyTorch's CPU tuning
-guide suggests, but they must be installed and preloaded into every worker; mallopt needs nothing.
+back, and all threads share one arena's lock (measured on 2 cores only; a many-core worker whose
+threads allocate heavily may contend). Reuse is partial (tests/captioning/test_cpu_memory.py:
+about 30% of the faults remain): torch allocates 64-byte aligned, glibc's memalign asks for a
+little more than the block, so a freed block of exactly that size serves again only once merged
+with a free neighbour.
+
+jemalloc or tcmalloc through LD_PRELOAD do the same job and are what PyTorch's CPU tuning guide
+suggests, but they must be installed and preloaded into every worker; mallopt needs nothing.
 Written by hand because no Python library sets these.
 """
 
