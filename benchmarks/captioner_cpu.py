@@ -63,6 +63,12 @@ def main() -> None:
         help="encoder dtypes to compare (CaptionerOptions.dtype; auto = what the CLI uses)",
     )
     ap.add_argument(
+        "--cpu-heap",
+        default="keep",
+        choices=("keep", "system"),
+        help="CaptionerOptions.cpu_heap: process-wide, so the training line runs under it too",
+    )
+    ap.add_argument(
         "--encoder-only",
         action="store_true",
         help="time the CNN encoder alone, float32, in one call vs in the captioner's chunks",
@@ -74,7 +80,10 @@ def main() -> None:
         return
 
     caps = {
-        d: NativeCaptioner(args.model, CaptionerOptions(device="cpu", beam_size=1, dtype=d))
+        d: NativeCaptioner(
+            args.model,
+            CaptionerOptions(device="cpu", beam_size=1, dtype=d, cpu_heap=args.cpu_heap),
+        )
         for d in args.dtypes.split(",")
     }
     cap = next(iter(caps.values()))

@@ -87,6 +87,7 @@ def train(
         ),
     ] = 1.0,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
+    cpu_heap: CpuHeapOpt = "keep",
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most N images.")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue after the last epoch.")
@@ -127,6 +128,7 @@ def train(
         alpha_c=alpha_c,
         concept_weight=concept_weight,
         stop_after=stop_after,
+        cpu_heap=cpu_heap,
     )
     if threads:
         torch.set_num_threads(threads)

@@ -199,6 +199,7 @@ def test_usage_errors_are_messages_not_tracebacks(args, message):
         (["--encoder-channels", "32,wide"], "--encoder-channels: expected integers"),
         (["--encoder-channels", "32,0"], "--encoder-channels: expected positive integers"),
         (["--encoder-channels", "32,64", "--resume"], "keeps the architecture"),
+        (["--cpu-heap", "free"], "--cpu-heap must be keep or system, got 'free'"),
     ],
 )
 def test_train_rejects_bad_device_and_architecture(tmp_path, args, message):
