@@ -240,30 +240,9 @@ def run(
     embedder: EmbedderOpt = None,
 ) -> None:
     """Caption + index in one go."""
-    options = captioner_options(
-        device,
-        beam_size,
-        max_length,
-        num_return,
-        dtype,
-        prompt,
-        trust_remote_code,
-        allow_pickle,
-        threads,
-        cpu_heap,
-    )
-    config = _caption_config(
-        input_,
-        out_dir,
-        model,
-        batch_size,
-        options,
-        overwrite,
-        image_column,
-        model_copies,
-        decode_on,
-    )
-    _run_caption_with_display(config, list(ctx.args))
+    flags = dict(locals())  # every parameter but the embedder is one of caption's
+    del flags["embedder"]
+    caption(**flags)
     _index(out_dir, f"{out_dir.rstrip('/')}/index", embedder, 256, overwrite, list(ctx.args))
 
 
