@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check captioning indexing pipelines tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 demo: $(STAMP)
 	@rm -rf $(DEMO)
@@ -38,7 +39,7 @@ demo: $(STAMP)
 	$(BIN)/imgindex search $(DEMO)/run/index "two green triangles" -k 5
 	$(BIN)/imgindex search $(DEMO)/run/index "a small yellow star on a noisy background" -k 5
 
-# Reproduces the shipped default model (captioning/default_model) from fixed seeds.
+# Reproduces the shipped default model (captioning/native/default_model) from fixed seeds.
 TRAIN_IMAGES ?= 48000
 # The shipped model came from this recipe on one H100: the first 11 epochs of a 16-epoch schedule
 # (that run was stopped by a time limit after epoch 11), best epoch 10 by validation CIDEr-D.
@@ -48,7 +49,7 @@ train-default: $(STAMP)
 	rm -rf data/default-model
 	$(BIN)/imgindex train data/train-world --out data/default-model --image-size 128 \
 		--encoder-channels 48,96,192,256 --epochs 16 --stop-after 11 --patience 4 --seed 0 --device auto
-	cp data/default-model/model.safetensors data/default-model/config.json data/default-model/vocab.json captioning/default_model/
+	cp data/default-model/model.safetensors data/default-model/config.json data/default-model/vocab.json captioning/native/default_model/
 
 # Held-out quality of the default model: 500 images of a world seed not used in training.
 eval-default: $(STAMP)

@@ -1,7 +1,7 @@
 """Where a BLIP-base caption's time goes on CPU, per image: preprocessing, vision tower, text.
 
 Times each part of HFCaptioner's greedy path separately (random base-size weights, built by
-tests/captioning/hf_tiny.py like benchmarks/captioners.py, exactly --new-tokens tokens), at batch
+tests/captioning/hf/tiny.py like benchmarks/captioners.py, exactly --new-tokens tokens), at batch
 1 and at --batch, then the whole `caption` call. It shows which part batching can shrink.
 
     python benchmarks/blip_parts.py --batch 32
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.captioners import cpu_name, images, model_dir  # noqa: E402
-from captioning.backends import CaptionerOptions  # noqa: E402
-from captioning.hf import HFCaptioner  # noqa: E402
+from captioning.api import CaptionerOptions  # noqa: E402
+from captioning.hf.captioner import HFCaptioner  # noqa: E402
 
 
 def parts(cap: HFCaptioner, inputs: list[dict[str, torch.Tensor]], new_tokens: int) -> list[float]:
@@ -71,6 +71,7 @@ def main() -> None:
         min_new_tokens=args.new_tokens,
         threads=args.threads,
     )
+    opts.set_up_process()  # threads and CPU heap policy, once for this process
     cap = HFCaptioner(str(model_dir("blip", args.workdir, "base")), opts)
     imgs = images(max(args.batch, 2))
     t = time.perf_counter()

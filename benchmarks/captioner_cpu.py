@@ -18,12 +18,13 @@ import time
 
 import torch
 
-from captioning.backends import CaptionerOptions, NativeCaptioner
-from captioning.decoding import DecodeOptions, decode
-from captioning.model import CaptionModel, caption_loss
-from captioning.preprocess import normalize, to_model_input
-from captioning.vocab import Vocabulary
-from captioning.world import generate_image
+from captioning.api import CaptionerOptions
+from captioning.archives.synthetic.world import generate_image
+from captioning.images.preprocess import normalize, to_model_input
+from captioning.native.beam_search import DecodeOptions, decode
+from captioning.native.captioner import NativeCaptioner
+from captioning.native.model import CaptionModel, caption_loss
+from captioning.native.vocab import Vocabulary
 
 
 def machine() -> str:
@@ -79,6 +80,7 @@ def main() -> None:
         encoder_table(args.model, batches, args.repeats)
         return
 
+    CaptionerOptions(device="cpu", cpu_heap=args.cpu_heap).set_up_process()
     caps = {
         d: NativeCaptioner(
             args.model,

@@ -1,15 +1,15 @@
 """Images/s of our HFCaptioner against transformers' own pipeline, per family and batch, on CPU.
 
 Each family is a base-size architecture with random weights (built offline by
-tests/captioning/hf_tiny.py, cached under --workdir), so every caption is exactly --new-tokens
+tests/captioning/hf/tiny.py, cached under --workdir), so every caption is exactly --new-tokens
 tokens long (min_new_tokens = max_new_tokens) and the timings compare like with like. Both sides
 start from the same decoded PIL images and include preprocessing. The baseline is a plain loop over
 `transformers.pipeline("image-text-to-text")` (transformers 5 folded "image-to-text" into it) at
 batch 1 and the same pipeline with batch_size=N; for families that pipeline cannot run (GIT: it
 passes token_type_ids to generate; VisionEncoderDecoder: it has no processor class) it is the
 model-card loop (processor -> generate -> decode, one image at a time). The baseline runs
-transformers' own model: captioning/hf_fast.py's fixes are undone while it runs. The heap policy
-(--cpu-heap, captioning/cpu_memory.py) is process-wide, so the baseline runs under the same one:
+transformers' own model: captioning/hf/patches.py's fixes are undone while it runs. The heap policy
+(--cpu-heap, captioning/runtime.py) is process-wide, so the baseline runs under the same one:
 compare runs with --cpu-heap keep and system to see what it saves.
 
     python benchmarks/captioners.py --families blip --batches 1,8,32 --images 64
@@ -33,10 +33,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from captioning.backends import CaptionerOptions  # noqa: E402
-from captioning.hf import HFCaptioner  # noqa: E402
-from captioning.hf_fast import FIXES, speed_up, undo_speed_ups  # noqa: E402
-from tests.captioning.hf_tiny import FAMILIES, build  # noqa: E402
+from captioning.api import CaptionerOptions  # noqa: E402
+from captioning.hf.captioner import HFCaptioner  # noqa: E402
+from captioning.hf.patches import FIXES, speed_up, undo_speed_ups  # noqa: E402
+from tests.captioning.hf.tiny import FAMILIES, build  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -186,20 +186,20 @@ def main() -> None:
         type=int,
         default=None,
         help="split each batch into caption calls of at most N images (measures a cap on "
-        "images per generate call; captioning.hf has none for greedy decoding)",
+        "images per generate call; captioning.hf.captioner has none for greedy decoding)",
     )
     ap.add_argument(
         "--no-speed-fixes",
         action="store_true",
-        help="undo captioning.hf_fast's fixes (SDPA in BLIP's vision tower; under beam search, "
+        help="undo captioning.hf.patches's fixes (SDPA in BLIP's vision tower; under beam search, "
         "image-only work once per image) to measure what they save",
     )
     ap.add_argument(
         "--beam-sequences",
         type=int,
         default=None,
-        help="override captioning.hf.MAX_BEAM_SEQUENCES (sequences per generate call on a CPU "
-        "under beam search) to measure that cap",
+        help="override captioning.hf.captioner.MAX_BEAM_SEQUENCES (sequences per generate call on "
+        "a CPU under beam search) to measure that cap",
     )
     ap.add_argument(
         "--flops",
@@ -217,7 +217,7 @@ def main() -> None:
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.beam_sequences is not None:
-        import captioning.hf as hf
+        import captioning.hf.captioner as hf
 
         hf.MAX_BEAM_SEQUENCES = args.beam_sequences
     imgs = images(args.images)
@@ -230,6 +230,7 @@ def main() -> None:
         threads=args.threads,
         cpu_heap=args.cpu_heap,
     )
+    opts.set_up_process()  # threads and CPU heap policy, once for this process
     if args.threads:  # before anything runs, so the baseline gets the same threads
         torch.set_num_threads(args.threads)
     gen = {

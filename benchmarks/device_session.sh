@@ -25,7 +25,7 @@ echo "gpu check done at $(elapsed) s"
 
 python3 - <<'PYEOF' 2>&1 | tee "$OUT/data.log"
 import os, time
-from captioning.archive import ArchiveConfig, write_archive
+from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
 t = time.perf_counter()
 n = os.cpu_count()
 write_archive("/tmp/sweep/train-world", ArchiveConfig(images=48000, shards=48, seed=1, workers=n))

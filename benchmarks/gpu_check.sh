@@ -5,7 +5,7 @@
 #   - the raw model on batches already preprocessed on the GPU (exactly 20 new tokens);
 #   - our read -> decode -> preprocess -> caption loop end to end, GPU JPEG decode and CPU decode;
 #   - peak GPU memory (torch.cuda.max_memory_allocated) of each, and GPU-vs-CPU decode agreement;
-#   - the raw model again without captioning/hf_fast.py's fixes (BLIP: eager vision attention);
+#   - the raw model again without captioning/hf/patches.py's fixes (BLIP: eager vision attention);
 #   - where Apache Beam is installed, `imgindex caption` (the Beam pipeline) end to end.
 # Usage: bash benchmarks/gpu_check.sh [IMAGES] [SHARDS] [BATCH...]   (defaults 4096 16 64 256)
 set -euo pipefail
@@ -28,8 +28,8 @@ PYEOF
 "$PY" - "$WORK" "$IMAGES" "$SHARDS" <<'PYEOF'
 import os, sys, time
 from pathlib import Path
-from captioning.archive import ArchiveConfig, write_archive
-from tests.captioning.hf_tiny import build
+from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
+from tests.captioning.hf.tiny import build
 work, images, shards = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 t = time.perf_counter()
 for family in ("blip", "git"):
@@ -56,7 +56,7 @@ if "$PY" -c "import apache_beam" 2>/dev/null; then
     echo
     echo "== imgindex caption (Beam), $family-base, batch $BATCH =="
     start=$(date +%s.%N)
-    "$PY" -m pipelines.cli caption "$WORK/shards" --out "$WORK/out-$family" \
+    "$PY" -m pipelines.cli.main caption "$WORK/shards" --out "$WORK/out-$family" \
       --model "hf:$WORK/$family-base" --batch-size "$BATCH" --beam-size 1 --device cuda --overwrite
     end=$(date +%s.%N)
     "$PY" -c "print(f'wall {($end - $start):.1f} s for $IMAGES images: {$IMAGES / ($end - $start):.1f} img/s including start-up')"

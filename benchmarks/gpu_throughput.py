@@ -4,9 +4,9 @@ This measures our own loop, not the Beam pipeline (benchmarks/gpu_check.sh times
 caption` separately where Apache Beam is installed). A prefetch thread reads shard bytes and
 prepares whole batches ahead of the model, on its own CUDA stream:
   - GPU path: HFCaptioner.preprocess_encoded, as the pipeline's --decode-on device runs it:
-    captioning.gpu_decode.decode_batch (nvJPEG, batched; Pillow for what it refuses), then the
-    model's own image processor on the GPU (transformers' torchvision-backed processors take
-    `device=`), so the pixels go through the same code as on the CPU path;
+    captioning.images.device_decode.decode_batch (nvJPEG, batched; Pillow for what it refuses),
+    then the model's own image processor on the GPU (transformers' torchvision-backed processors
+    take `device=`), so the pixels go through the same code as on the CPU path;
   - CPU path: Pillow decode and the image processor in a thread pool, pinned host memory, a
     non-blocking copy.
 The main thread only waits for a batch's event and runs generate. Then the model alone is timed on
@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from captioning.backends import CaptionerOptions  # noqa: E402
-from captioning.decode import DecodeError, decode_image  # noqa: E402
-from captioning.hf import HFCaptioner  # noqa: E402
-from captioning.hf_fast import speed_up, undo_speed_ups  # noqa: E402
-from captioning.shards import iter_shard, list_shards  # noqa: E402
+from captioning.api import CaptionerOptions  # noqa: E402
+from captioning.archives.listing import iter_shard, list_shards  # noqa: E402
+from captioning.hf.captioner import HFCaptioner  # noqa: E402
+from captioning.hf.patches import speed_up, undo_speed_ups  # noqa: E402
+from captioning.images.decode import DecodeError, decode_image  # noqa: E402
 
 
 def read_bytes(pattern: str, limit: int | None = None) -> list[bytes]:
@@ -171,7 +171,7 @@ def main() -> None:
     ap.add_argument(
         "--ab-speed-fixes",
         action="store_true",
-        help="also time the raw model without captioning.hf_fast's fixes (e.g. BLIP's vision "
+        help="also time the raw model without captioning.hf.patches's fixes (e.g. BLIP's vision "
         "attention back to eager)",
     )
     args = ap.parse_args()
@@ -184,6 +184,7 @@ def main() -> None:
         max_length=args.new_tokens,
         min_new_tokens=args.new_tokens,
     )
+    opts.set_up_process()  # threads and CPU heap policy, once for this process
     cap = HFCaptioner(args.model, opts)
     datas = read_bytes(args.shards, limit=max(args.batch_size))
     for gpu_decode in (True, False):  # warm-up: kernels, nvJPEG handles, thread pools

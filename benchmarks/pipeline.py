@@ -42,7 +42,7 @@ def _machine() -> str:
 
 
 def _archive(root: Path, images: int, shards: int) -> Path:
-    from captioning.archive import ArchiveConfig, write_archive
+    from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
 
     out = root / f"world-{images}"
     if not out.exists():
@@ -53,10 +53,11 @@ def _archive(root: Path, images: int, shards: int) -> Path:
 
 
 def efficiency(args: argparse.Namespace, beam_args: list[str]) -> None:
-    from captioning.backends import CaptionerOptions, load_captioner
-    from captioning.decode import decode_image
-    from captioning.shards import iter_shard, list_shards
-    from pipelines.caption_pipeline import CaptionConfig, run_caption
+    from captioning.api import CaptionerOptions
+    from captioning.archives.listing import iter_shard, list_shards
+    from captioning.images.decode import decode_image
+    from captioning.registry import load_captioner
+    from pipelines.caption.pipeline import CaptionConfig, run_caption
 
     root = Path(args.workdir)
     archive = _archive(root, args.images, args.shards)
@@ -76,6 +77,7 @@ def efficiency(args: argparse.Namespace, beam_args: list[str]) -> None:
     e2e = statistics.median(e2e_all)
 
     # Baseline: the same images, decoded and preprocessed before the clock starts.
+    options.set_up_process()
     captioner = load_captioner(None, options)
     inputs = [
         captioner.preprocess(decode_image(e.data).image)
@@ -122,7 +124,7 @@ def memory(args: argparse.Namespace, beam_args: list[str]) -> None:
         cmd = [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "pipelines.cli.main",
             "caption",
             str(archive),
             "--out",
@@ -154,7 +156,7 @@ print(max(self_kb, kids_kb), p.returncode)
 
 
 def search(args: argparse.Namespace, _beam_args: list[str]) -> None:
-    from captioning.world import generate_image
+    from captioning.archives.synthetic.world import generate_image
     from indexing.search import open_index
 
     index = open_index(args.index)

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from captioning.checkpoint import load_checkpoint  # noqa: E402
-from captioning.data import TrainingData, load_training_data  # noqa: E402
-from captioning.decoding import DecodeOptions  # noqa: E402
-from captioning.train import EpochReport, TrainConfig, train, validate  # noqa: E402
+from captioning.native.beam_search import DecodeOptions  # noqa: E402
+from captioning.native.checkpoint import load_checkpoint  # noqa: E402
+from captioning.training.data import TrainingData, load_training_data  # noqa: E402
+from captioning.training.train import EpochReport, TrainConfig, train, validate  # noqa: E402
 
 _DATA: dict[int, TrainingData] = {}  # image size -> data, inherited by the forked children
 

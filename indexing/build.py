@@ -33,6 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexing.errors import OutputExistsError
+
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
@@ -277,16 +279,16 @@ def check_index_target(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory: choose another output path")
+        raise OutputExistsError(f"{out} exists and is not a directory: choose another output path")
     if not any(out.iterdir()):
         return
     if not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"index directory {out} is not empty: pass --overwrite (overwrite=True) to replace it"
         )
     if not (out / MANIFEST_FILE).is_file():
         # Overwrite replaces an index, never an arbitrary directory someone pointed us at.
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out} is not empty and holds no {MANIFEST_FILE}, so it is not an index; "
             "refusing to replace it even with --overwrite: choose another output path"
         )

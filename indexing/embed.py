@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from indexing.errors import IndexingError
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -33,7 +35,7 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HASH_CHUNK = 1 << 20
 
 
-class EmbedderError(ValueError):
+class EmbedderError(IndexingError):
     """An embedder cannot be resolved locally, or its weights are not the expected ones."""
 
 

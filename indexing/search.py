@@ -21,6 +21,7 @@ from indexing.build import (
     Manifest,
 )
 from indexing.embed import EmbedderError, TextEmbedder, resolve_embedder
+from indexing.errors import IndexingError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_FILES = (MANIFEST_FILE, INDEX_FILE, MAPPING_FILE)
 
 
-class IndexLoadError(ValueError):
+class IndexLoadError(IndexingError):
     """An index directory is missing, incomplete, corrupt or inconsistent."""
 
 
@@ -52,16 +53,16 @@ class SearchHit:
 
 def _check_query(text: str, position: int | None = None) -> None:
     if not isinstance(text, str):
-        raise TypeError(f"a query must be a str, got {type(text).__name__}")
+        raise IndexingError(f"a query must be a str, got {type(text).__name__}")
     if not text.strip():
-        raise ValueError("empty query" if position is None else f"empty query at {position}")
+        raise IndexingError("empty query" if position is None else f"empty query at {position}")
 
 
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int | np.integer):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
+        raise IndexingError(f"k must be an int, got {type(k).__name__}")
     if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
+        raise IndexingError(f"k must be positive, got {k}")
 
 
 class SearchIndex:

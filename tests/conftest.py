@@ -20,9 +20,9 @@ def build_tiny_checkpoint(directory):
 
     Seeded, so its captions are deterministic (and nonsense: tests using it check plumbing).
     """
-    from captioning.checkpoint import Checkpoint, save_checkpoint
-    from captioning.model import CaptionModel, ModelConfig
-    from captioning.vocab import Vocabulary
+    from captioning.native.checkpoint import Checkpoint, save_checkpoint
+    from captioning.native.model import CaptionModel, ModelConfig
+    from captioning.native.vocab import Vocabulary
 
     torch.manual_seed(0)
     vocab = Vocabulary.build(

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 import pytest
 
-from captioning.archive import ArchiveConfig, write_archive
-from captioning.backends import CaptionerOptions
-from captioning.world import INVERSE_RELATION, NUMBER_WORDS, PLURALS
+from captioning.api import CaptionerOptions
+from captioning.archives.synthetic.world import INVERSE_RELATION, NUMBER_WORDS, PLURALS
+from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
 from indexing.search import open_index
-from pipelines.caption_pipeline import CaptionConfig, run_caption
-from pipelines.index_pipeline import IndexConfig, run_index
+from pipelines.caption.pipeline import CaptionConfig, run_caption
+from pipelines.index.pipeline import IndexConfig, run_index
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from captioning.shards import SHARD_KEY, TRUNCATED_KEY
-from tests.captioning.test_decode import encode, noisy, png_declaring
+from captioning.archives.listing import SHARD_KEY, TRUNCATED_KEY
+from tests.captioning.images.test_decode import encode, noisy, png_declaring
 
 NON_ASCII_NAME = "photo of a café in Zürich 東京.png"
 DAMAGED_TAR = "damaged-header.tar"
