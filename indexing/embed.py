@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,10 +149,8 @@ def resolve_embedder(name_or_path: str) -> ResolvedEmbedder:
 
 
 def _load_sentence_transformer(path: Path, device: str | None) -> SentenceTransformer:
-    # Local paths only: keep huggingface_hub/transformers offline so nothing tries a hub lookup.
-    # setdefault leaves an explicit setting by the caller alone; local_files_only covers that case.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # Local directories only (resolve_embedder made sure): local_files_only keeps
+    # sentence-transformers and transformers from any hub lookup, without touching os.environ.
     # Imported here: torch + transformers take seconds to import, and build/search of a saved
     # index need them only when a query has to be embedded.
     from sentence_transformers import SentenceTransformer

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# Non-loopback network is blocked in this process and in every process the suite starts (the CLI,
+# Beam workers): the guard installs itself through sitecustomize on PYTHONPATH.
+_NETGUARD = Path(__file__).parent / "netguard"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(_NETGUARD), os.environ.get("PYTHONPATH")) if p
+)
+sys.path.insert(0, str(_NETGUARD))
+import sitecustomize  # noqa: E402 - installs the guard in this process
+
+assert sitecustomize.__file__ == str(_NETGUARD / "sitecustomize.py"), sitecustomize.__file__
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -48,3 +62,15 @@ def build_tiny_checkpoint(directory):
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     return build_tiny_checkpoint(tmp_path / "tiny-model")
+
+
+@pytest.fixture(autouse=True)
+def network_is_blocked():
+    """Every test runs with the guard in place (a test cannot have removed it)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(OSError, match="blocks network access"):
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed
+    finally:
+        probe.close()
+    yield

@@ -1,52 +1,46 @@
 """Caption Parquet files (CAPTION_SCHEMA, under OUT/captions/) -> one FAISS index directory.
 
 The Beam shell is ReadFromParquet -> RunInference(SentenceEmbeddingHandler) -> ToList ->
-WriteIndex; the work is done by pure functions (find_caption_files, check_caption_columns,
-caption_text, assemble_index, write_embedded_index) tested without Beam, and by indexing.build.
+WriteIndex; the work is done by indexing.assemble (caption_text, assemble_index,
+write_embedded_index, tested without Beam) and indexing.build.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, RunInference
+from apache_beam.ml.inference.base import RunInference
 from apache_beam.runners.runner import PipelineState
 
-from indexing.build import (
-    MANIFEST_FILE,
-    IndexEntry,
-    Manifest,
-    check_index_target,
-    write_index,
+from indexing.assemble import (
+    INDEX_COLUMNS,
+    CaptionText,
+    EmbeddedCaption,
+    caption_text,
+    write_embedded_index,
 )
-from indexing.embed import (
-    DEFAULT_EMBEDDER,
-    EmbedderError,
-    ResolvedEmbedder,
-    TextEmbedder,
-    resolve_embedder,
-)
+from indexing.build import MANIFEST_FILE, Manifest, check_index_target
+from indexing.embed import DEFAULT_EMBEDDER, ResolvedEmbedder, resolve_embedder
 from pipelines import imgindex_version
 from pipelines.errors import UsageError
+from pipelines.index.handler import SentenceEmbeddingHandler
 from pipelines.options import pipeline_options
 
 logger = logging.getLogger(__name__)
 
 CAPTIONS_SUBDIR = "captions"  # where the caption pipeline writes its Parquet files under OUT
-INDEX_COLUMNS = ("key", "caption", "source", "member")  # the CAPTION_SCHEMA columns an index uses
 METRICS_NAMESPACE = "imgindex.index"
 
 
@@ -92,24 +86,6 @@ class CaptionFiles:
 
     pattern: str
     paths: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CaptionText:
-    """One caption row on its way to the embedder (an IndexEntry without its id)."""
-
-    key: str
-    caption: str
-    source: str
-    member: str
-
-
-@dataclass(frozen=True, slots=True, eq=False)  # eq=False: ndarray == is elementwise
-class EmbeddedCaption:
-    """A caption and its unit-norm float32 vector, shape (D,)."""
-
-    caption: CaptionText
-    vector: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,165 +151,9 @@ def check_caption_columns(paths: Iterable[str]) -> None:
                 raise UsageError(f"caption file {path}: column {name} is {kind}, expected string")
 
 
-def caption_text(row: Mapping[str, Any]) -> CaptionText | str:
-    """Turn a caption Parquet row into a CaptionText, or the reason it cannot be indexed.
-
-    Returns:
-        The CaptionText, or a short stable reason: "missing_<column>" for a null key, source or
-        member, "empty_caption" for a null or blank caption.
-    """
-    for name in ("key", "source", "member"):
-        if row.get(name) is None:
-            return f"missing_{name}"
-    caption = row.get("caption")
-    if caption is None or not caption.strip():
-        return "empty_caption"
-    return CaptionText(key=row["key"], caption=caption, source=row["source"], member=row["member"])
-
-
-@dataclass(frozen=True, slots=True)
-class AssembledIndex:
-    """Entries with ids 0..N-1 in (source, member, key) order and their vectors (N, D)."""
-
-    entries: list[IndexEntry]
-    vectors: np.ndarray
-    duplicates: int  # rows dropped because their (source, member, key) was already indexed
-
-
-def assemble_index(embedded: Iterable[EmbeddedCaption], dimension: int) -> AssembledIndex:
-    """Order embedded captions deterministically and give them ids.
-
-    Sorting on (source, member, key, caption) makes ids independent of the order in which the
-    runner delivers elements, so a rerun over the same captions gives the same index. Of rows
-    that share (source, member, key) only the first in that order is kept.
-
-    Args:
-        embedded: the embedded captions, in any order.
-        dimension: vector width D, used for the shape of an empty result.
-    """
-    ordered = sorted(
-        embedded,
-        key=lambda e: (e.caption.source, e.caption.member, e.caption.key, e.caption.caption),
-    )
-    kept: list[EmbeddedCaption] = []
-    for item in ordered:
-        last = kept[-1].caption if kept else None
-        here = item.caption
-        if last is not None and (last.source, last.member, last.key) == (
-            here.source,
-            here.member,
-            here.key,
-        ):
-            continue
-        kept.append(item)
-    entries = [
-        IndexEntry(
-            id=i,
-            key=e.caption.key,
-            caption=e.caption.caption,
-            source=e.caption.source,
-            member=e.caption.member,
-        )
-        for i, e in enumerate(kept)
-    ]
-    if kept:
-        vectors = np.stack([e.vector for e in kept]).astype(np.float32, copy=False)  # N x (D,)
-    else:
-        vectors = np.zeros((0, dimension), dtype=np.float32)  # (0, D)
-    return AssembledIndex(entries, vectors, duplicates=len(ordered) - len(kept))
-
-
-def write_embedded_index(
-    embedded: Iterable[EmbeddedCaption],
-    out_dir: str,
-    embedder: ResolvedEmbedder,
-    caption_files: Sequence[str],
-    overwrite: bool,
-) -> tuple[Manifest, int]:
-    """Assemble embedded captions into an index and write it with write_index.
-
-    Returns:
-        The written manifest and the number of duplicate rows dropped.
-    """
-    embedded = list(embedded)
-    if embedded:
-        dimension = int(embedded[0].vector.shape[0])
-    else:
-        # No vector to read the width from (every caption was empty): ask the model.
-        logger.warning("no captions to index: writing an empty index to %s", out_dir)
-        dimension = TextEmbedder(resolve_embedder(embedder.name)).dimension
-    assembled = assemble_index(embedded, dimension)
-    if assembled.duplicates:
-        logger.warning(
-            "dropped %d caption rows whose (source, member, key) repeats", assembled.duplicates
-        )
-    manifest = Manifest(
-        embedder_name=embedder.name,
-        embedder_sha256=embedder.sha256,
-        dimension=dimension,
-        count=len(assembled.entries),
-        caption_files=tuple(caption_files),
-        imgindex_version=imgindex_version(),
-    )
-    write_index(out_dir, assembled.entries, assembled.vectors, manifest, overwrite=overwrite)
-    return manifest, assembled.duplicates
-
-
 def check_out_dir(out_dir: str, overwrite: bool) -> None:
     """Refuse an out_dir that write_index would refuse, before any work is done."""
     check_index_target(Path(out_dir), overwrite)
-
-
-class SentenceEmbeddingHandler(ModelHandler[CaptionText, EmbeddedCaption, TextEmbedder]):
-    """RunInference handler: CaptionText batches -> EmbeddedCaption, one per input.
-
-    Args:
-        embedder_name: ResolvedEmbedder.name (DEFAULT_EMBEDDER or an absolute local directory);
-            resolved again where the model loads.
-        embedder_sha256: the weights the launcher resolved; load_model refuses other weights, so
-            the manifest written at the end names the model that made the vectors.
-        batch_size: captions per batch.
-        device: torch device; None lets sentence-transformers pick (a GPU when there is one).
-    """
-
-    def __init__(
-        self, embedder_name: str, embedder_sha256: str, batch_size: int, device: str | None = None
-    ) -> None:
-        super().__init__()
-        self._embedder_name = embedder_name
-        self._embedder_sha256 = embedder_sha256
-        self._batch_size = batch_size
-        self._device = device
-
-    def load_model(self) -> TextEmbedder:
-        resolved = resolve_embedder(self._embedder_name)
-        if resolved.sha256 != self._embedder_sha256:
-            raise EmbedderError(
-                f"embedder {self._embedder_name!r} has weights with sha256 {resolved.sha256} "
-                f"here but {self._embedder_sha256} where the pipeline was launched: install the "
-                "same model on every worker"
-            )
-        return TextEmbedder(resolved, device=self._device)
-
-    def run_inference(
-        self,
-        batch: Sequence[CaptionText],
-        model: TextEmbedder,
-        inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[EmbeddedCaption]:
-        vectors = model.embed([c.caption for c in batch], batch_size=len(batch))  # (B, D)
-        return [
-            EmbeddedCaption(caption, vector)  # vector: (D,)
-            for caption, vector in zip(batch, vectors, strict=True)
-        ]
-
-    def get_num_bytes(self, batch: Sequence[CaptionText]) -> int:
-        return sum(len(c.caption.encode("utf-8")) for c in batch)
-
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        # A batch job: nothing is waiting on latency, so always fill batches to batch_size
-        # instead of letting BatchElements grow them from 1 (bundle ends still flush short ones).
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
 
 
 class ToCaptionText(beam.DoFn):
@@ -372,7 +192,12 @@ class WriteIndex(beam.DoFn):
     def process(self, embedded: list[EmbeddedCaption]) -> Iterator[Manifest]:
         start = time.perf_counter()
         manifest, duplicates = write_embedded_index(
-            embedded, self._out_dir, self._embedder, self._caption_files, self._overwrite
+            embedded,
+            self._out_dir,
+            self._embedder,
+            self._caption_files,
+            self._overwrite,
+            imgindex_version(),
         )
         self._write_ms.update(int((time.perf_counter() - start) * 1000))
         self._indexed.inc(manifest.count)
@@ -416,7 +241,7 @@ def run_index(config: IndexConfig, beam_args: Sequence[str] | None = None) -> In
 
     Args:
         config: what to index and where.
-        beam_args: Beam pipeline flags (e.g. ["--runner=DirectRunner"]); the local in-process
+        beam_args: Beam pipeline flags (e.g. ["--direct_num_workers=2"]); the local in-process
             runner (pipelines.options.LOCAL_RUNNER) when no runner is given. WriteIndex writes
             to the local disk of the worker that runs it, so use a local runner (or a worker
             that shares out_dir's filesystem).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,16 @@ def test_indexing_never_imports_beam_and_loads_models_lazily() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_loading_an_embedder_leaves_the_environment_alone(
+    tiny_model_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Library code does not change the process: no HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE left
+    behind by loading a model (the network guard still keeps the load offline)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    embedder = TextEmbedder(resolve_embedder(str(tiny_model_dir)), device="cpu")
+    assert embedder.embed(["a red circle"]).shape == (1, embedder.dimension)
+    assert dict(os.environ) == before

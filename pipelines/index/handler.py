@@ -1,0 +1,63 @@
+"""Beam's RunInference over the text embedder: batches of CaptionText -> EmbeddedCaption."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from apache_beam.ml.inference.base import ModelHandler
+
+from indexing.assemble import CaptionText, EmbeddedCaption
+from indexing.embed import EmbedderError, TextEmbedder, resolve_embedder
+
+
+class SentenceEmbeddingHandler(ModelHandler[CaptionText, EmbeddedCaption, TextEmbedder]):
+    """RunInference handler: CaptionText batches -> EmbeddedCaption, one per input.
+
+    Args:
+        embedder_name: ResolvedEmbedder.name (DEFAULT_EMBEDDER or an absolute local directory);
+            resolved again where the model loads.
+        embedder_sha256: the weights the launcher resolved; load_model refuses other weights, so
+            the manifest written at the end names the model that made the vectors.
+        batch_size: captions per batch.
+        device: torch device; None lets sentence-transformers pick (a GPU when there is one).
+    """
+
+    def __init__(
+        self, embedder_name: str, embedder_sha256: str, batch_size: int, device: str | None = None
+    ) -> None:
+        super().__init__()
+        self._embedder_name = embedder_name
+        self._embedder_sha256 = embedder_sha256
+        self._batch_size = batch_size
+        self._device = device
+
+    def load_model(self) -> TextEmbedder:
+        resolved = resolve_embedder(self._embedder_name)
+        if resolved.sha256 != self._embedder_sha256:
+            raise EmbedderError(
+                f"embedder {self._embedder_name!r} has weights with sha256 {resolved.sha256} "
+                f"here but {self._embedder_sha256} where the pipeline was launched: install the "
+                "same model on every worker"
+            )
+        return TextEmbedder(resolved, device=self._device)
+
+    def run_inference(
+        self,
+        batch: Sequence[CaptionText],
+        model: TextEmbedder,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[EmbeddedCaption]:
+        vectors = model.embed([c.caption for c in batch], batch_size=len(batch))  # (B, D)
+        return [
+            EmbeddedCaption(caption, vector)  # vector: (D,)
+            for caption, vector in zip(batch, vectors, strict=True)
+        ]
+
+    def get_num_bytes(self, batch: Sequence[CaptionText]) -> int:
+        return sum(len(c.caption.encode("utf-8")) for c in batch)
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        # A batch job: nothing is waiting on latency, so always fill batches to batch_size
+        # instead of letting BatchElements grow them from 1 (bundle ends still flush short ones).
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
