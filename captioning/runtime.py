@@ -5,7 +5,7 @@ at batch 32: (32, 577, 3072) float32 = 227 MB per MLP layer). glibc's malloc ser
 large with a fresh `mmap` and `munmap`s them on free, and a worker thread's arena does the same
 past 64 MB, so every batch touches new pages and the kernel faults and zeroes each 4 KiB page again
 (on the development VM, keeping freed memory made BLIP and GIT 14-17% faster at batch 32:
-docs/models.md).
+docs/benchmarks.md, "Choice: the kept CPU heap").
 
 `keep_freed_memory` turns that off with glibc's own knobs (`mallopt`): no mmap for large blocks,
 one arena for every thread, and free memory at the top of the heap kept up to 2 GiB instead of
