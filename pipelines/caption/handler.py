@@ -1,8 +1,9 @@
 """Beam's RunInference over our captioning backends: batches of ImageInput -> CaptionResults.
 
 One ModelHandler serves every backend (native or Hugging Face): load_model builds the Captioner
-named by the spec, run_inference captions a batch of preprocessed inputs. A batch that fails as a
-whole is retried one image at a time, so one bad image costs one failure row, not a whole batch.
+named by the spec, run_inference captions a batch of preprocessed inputs with
+`captioning.steps.caption_batch` (a batch that fails as a whole is retried one image at a time, so
+one bad image costs one failure row, not a whole batch).
 """
 
 from __future__ import annotations
@@ -10,33 +11,43 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from captioning.api import Captioner, CaptionerOptions, CaptionResult
-from captioning.images.decode import DecodeError
-from captioning.images.device_decode import EncodedImage
+from captioning.api import Captioner, CaptionerOptions
 from captioning.records import ImageInput
 from captioning.registry import load_captioner
+from captioning.steps import BrokenModelWatch, caption_batch
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "imgindex"
-LOAD_LOG_ENV = "IMGINDEX_MODEL_LOAD_LOG"  # a file to append one line per model load
+STOP_AFTER_FAILED_BATCHES = 3
 
 
-@dataclass(frozen=True, slots=True)
-class CaptionFailure:
-    error_type: str
-    message: str
-    stage: str = "caption"  # "decode" for an image the model's device could not decode
+class ModelBrokenError(RuntimeError):
+    """The model failed every image of the first batches it ran, all with one error: the job
+    stops early rather than turn the whole input into identical failure rows.
+
+    The message is one line; `run_caption` finds it again in whatever exception the runner
+    raises (Beam wraps worker exceptions), by the class name followed by the message.
+    """
 
 
 class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner]):
-    """Keyed by ImageInput: the record itself carries key, source and member to the output."""
+    """Keyed by ImageInput: the record itself carries key, source and member to the output.
+
+    Args:
+        model_spec, options: the captioner to load (see `captioning.registry.load_captioner`).
+        batch_size: images per model call.
+        model_copies: share that many copies of the model across a worker's processes.
+        on_load: called with each captioner this handler loads, in the process that loads it
+            (with `model_copies`, the process that serves the shared model). Must pickle.
+        stop_after_failed_batches: raise ModelBrokenError when this many first batches all fail
+            at the caption stage with one error type and message; None never stops.
+    """
 
     def __init__(
         self,
@@ -44,6 +55,9 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
         options: CaptionerOptions,
         batch_size: int,
         model_copies: int | None = None,
+        *,
+        on_load: Callable[[Captioner], None] | None = None,
+        stop_after_failed_batches: int | None = STOP_AFTER_FAILED_BATCHES,
     ):
         # min = max: every batch is full except a bundle's last; Beam's adaptive sizing would
         # otherwise start at one image per batch, and our throughput depends on big batches.
@@ -52,8 +66,12 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
         )
         self._spec = model_spec
         self._options = options
+        self._on_load = on_load
+        self._watch = (
+            BrokenModelWatch(stop_after_failed_batches) if stop_after_failed_batches else None
+        )
         self._inference_ms = Metrics.distribution(NAMESPACE, "inference_ms_per_batch")
-        self._model_ms = Metrics.counter(NAMESPACE, "inference_ms")
+        self._model_ns = Metrics.counter(NAMESPACE, "inference_ns")
 
     def load_model(self) -> Captioner:
         self._options.set_up_process()  # once per worker process: threads, CPU heap policy
@@ -61,9 +79,8 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
         logger.info(
             "loaded captioner %s %s in process %d", captioner.name, captioner.version, os.getpid()
         )
-        if log := os.environ.get(LOAD_LOG_ENV):  # lets a test count model loads across processes
-            with open(log, "a") as f:
-                f.write(f"{os.getpid()}\n")
+        if self._on_load is not None:
+            self._on_load(captioner)
         return captioner
 
     def get_metrics_namespace(self) -> str:
@@ -85,64 +102,16 @@ class CaptionModelHandler(ModelHandler[ImageInput, PredictionResult, Captioner])
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         # Inputs arrive preprocessed (DecodeImages ran the captioner's preprocessor): only CPU
-        # tensors reach the model, which may live in another process when it is shared. The
-        # exception: plain JPEGs for a captioner that decodes on its device arrive as
-        # EncodedImage and are decoded and preprocessed there, in one batch.
-        started = time.perf_counter()
-        results: list[CaptionResult | CaptionFailure | None] = [None] * len(batch)
-        inputs = [x.inputs for x in batch]
-        encoded = [i for i, v in enumerate(inputs) if isinstance(v, EncodedImage)]
-        prepared = self._decode(model, [inputs[i].data for i in encoded])
-        for i, p in zip(encoded, prepared, strict=True):
-            if isinstance(p, CaptionFailure):
-                results[i] = p
-            else:
-                inputs[i] = p
-        todo = [i for i, r in enumerate(results) if r is None]
-        for i, r in zip(todo, self._caption(model, [inputs[i] for i in todo]), strict=True):
-            results[i] = r
-        done = time.perf_counter()
-        self._model_ms.inc(int((done - started) * 1000))
-        self._inference_ms.update(int((done - started) * 1000))
+        # tensors (or a plain JPEG's bytes) reach the model, which may live in another process
+        # when it is shared.
+        started = time.perf_counter_ns()
+        results = caption_batch(model, [x.inputs for x in batch])
+        elapsed_ns = time.perf_counter_ns() - started
+        self._model_ns.inc(elapsed_ns)
+        self._inference_ms.update(elapsed_ns // 1_000_000)
+        if self._watch is not None and (broken := self._watch.see(results)) is not None:
+            raise ModelBrokenError(
+                f"the model failed every image of its first {self._watch.batches} batches "
+                f"with {broken.error_type}: {broken.message}"
+            )
         return [PredictionResult(x, r, self._spec) for x, r in zip(batch, results, strict=True)]
-
-    @staticmethod
-    def _decode(model: Captioner, datas: list[bytes]) -> list[Any]:
-        """EncodedImages' bytes -> the model's inputs, or a decode CaptionFailure per file; a
-        batch that fails as a whole (a device error) is retried one file at a time."""
-        if not datas:
-            return []
-        try:
-            prepared = model.preprocess_encoded(datas)  # type: ignore[attr-defined]
-        except Exception as e:  # noqa: BLE001 - one failure row per file, never a lost batch
-            if len(datas) == 1:
-                return [CaptionFailure(type(e).__name__, _one_line(e), stage="decode")]
-            logger.warning("decoding %d files on the device failed (%s); one by one", len(datas), e)
-            return [CaptionModelHandler._decode(model, [d])[0] for d in datas]
-        return [
-            CaptionFailure(p.reason, p.message, stage="decode") if isinstance(p, DecodeError) else p
-            for p in prepared
-        ]
-
-    def _caption(self, model: Captioner, inputs: list[Any]) -> list[CaptionResult | CaptionFailure]:
-        if not inputs:
-            return []
-        try:
-            return list(model.caption(inputs))
-        except Exception as e:  # noqa: BLE001 - becomes a failure row per image, see below
-            if len(inputs) == 1:
-                return [CaptionFailure(type(e).__name__, _one_line(e))]
-            logger.warning("a batch of %d failed (%s); retrying one by one", len(inputs), e)
-            return [self._one(model, i) for i in inputs]
-
-    @staticmethod
-    def _one(model: Captioner, inputs: Any) -> CaptionResult | CaptionFailure:
-        try:
-            return model.caption([inputs])[0]
-        except Exception as e:  # noqa: BLE001 - the image's failure row records it
-            return CaptionFailure(type(e).__name__, _one_line(e))
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:500]

@@ -7,6 +7,10 @@
 Shards are listed up front (a bad input fails before any work) and spread over workers; members
 are streamed inside a shard. Both tables go through Beam's Parquet sink, which writes to temporary
 files and renames them when the job commits, so a failed run leaves no half-written part visible.
+
+A job whose share of failed images is over `max_failure_rate` still writes both tables and
+run.json, then raises JobFailed. A model that fails every image of its first batches with one
+error (a broken model, a device out of memory) stops the job early, with JobFailed too.
 """
 
 from __future__ import annotations
@@ -29,16 +33,22 @@ import fsspec
 from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.ml.inference.base import RunInference
 
-from captioning.api import CaptionerOptions
+from captioning.api import Captioner, CaptionerOptions, ModelIdentity
 from captioning.archives.listing import ReadConfig, Shard, list_shards
 from captioning.images.decode import DecodeConfig
 from captioning.records import CAPTION_SCHEMA, FAILURE_SCHEMA
 from captioning.registry import load_preprocessor, model_identity
 from pipelines import imgindex_version
-from pipelines.caption.handler import NAMESPACE, CaptionModelHandler
+from pipelines.caption.handler import NAMESPACE, STOP_AFTER_FAILED_BATCHES, CaptionModelHandler
 from pipelines.caption.progress import read_progress
+from pipelines.caption.summary import (
+    RunSummary,
+    failure_rate_message,
+    model_broken,
+    summarize,
+)
 from pipelines.caption.transforms import FAILURES, CountFailures, DecodeImages, ReadShard, ToRows
-from pipelines.errors import OutputExistsError, UsageError
+from pipelines.errors import JobFailed, OutputExistsError, UsageError
 from pipelines.options import pipeline_options
 
 logger = logging.getLogger(__name__)
@@ -63,6 +73,9 @@ class CaptionConfig:
     # device, nvJPEG on a GPU: Hugging Face models without per-image text only), "auto" = device
     # when the captioner runs on a GPU and can, else cpu.
     decode_on: str = "auto"
+    # The job fails (JobFailed, after writing its tables and run.json) when more than this share
+    # of the images read failed; 1.0 never fails it, and also never stops a job early.
+    max_failure_rate: float = 0.5
 
     def __post_init__(self) -> None:
         if self.decode_on not in DECODE_ON:
@@ -73,27 +86,11 @@ class CaptionConfig:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.model_copies is not None and self.model_copies < 1:
             raise UsageError(f"--model-copies must be at least 1, got {self.model_copies}")
-
-
-@dataclass(frozen=True, slots=True)
-class RunSummary:
-    run_id: str
-    read: int
-    captioned: int
-    failed: dict[str, int]
-    seconds: float
-    stage_seconds: dict[str, float]
-    model: str
-    model_version: str
-
-    @property
-    def failed_total(self) -> int:
-        return sum(self.failed.values())
-
-    @property
-    def balanced(self) -> bool:
-        """Every image that was read is in exactly one table."""
-        return self.read == self.captioned + self.failed_total
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise UsageError(
+                "--max-failure-rate must be a share of the images between 0 and 1 "
+                f"(0.5 = half), got {self.max_failure_rate}"
+            )
 
 
 def _is_local(url: str) -> bool:
@@ -124,7 +121,13 @@ def build_pipeline(
     model_name: str,
     model_version: str,
     progress_dir: str | None,
+    on_model_load: Callable[[Captioner], None] | None = None,
 ) -> None:
+    """The job's steps on `p`, labelled as in the module docstring.
+
+    Args:
+        on_model_load: passed to CaptionModelHandler as `on_load`.
+    """
     read = (
         p
         | "ListShards" >> beam.Create(shards)
@@ -135,8 +138,15 @@ def build_pipeline(
     decoded = read.entries | "DecodeImages" >> beam.ParDo(
         DecodeImages(config.decode, run_id, config.model, config.captioner, config.decode_on)
     ).with_outputs(FAILURES, main="images")
+    # A job that accepts any failure rate has nothing to stop early for.
+    stop_after = STOP_AFTER_FAILED_BATCHES if config.max_failure_rate < 1 else None
     handler = CaptionModelHandler(
-        config.model, config.captioner, config.batch_size, config.model_copies
+        config.model,
+        config.captioner,
+        config.batch_size,
+        config.model_copies,
+        on_load=on_model_load,
+        stop_after_failed_batches=stop_after,
     )
     rows = (
         decoded.images
@@ -160,7 +170,8 @@ def build_pipeline(
     )
 
 
-def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    """A finished job's imgindex counters: name -> committed total over every step."""
     query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
     totals: dict[str, int] = {}
     for c in query["counters"]:
@@ -172,13 +183,55 @@ ProgressFn = Callable[[dict[str, int], float], None]
 
 
 def run_caption(
-    config: CaptionConfig, beam_args: list[str], on_progress: ProgressFn | None = None
+    config: CaptionConfig,
+    beam_args: list[str],
+    on_progress: ProgressFn | None = None,
+    on_model_load: Callable[[Captioner], None] | None = None,
 ) -> RunSummary:
-    """Validate, run the job to the end, write run.json; returns the summary."""
+    """Validate, run the job to the end, write run.json; returns the summary.
+
+    Args:
+        on_progress: called about twice a second with the counts so far and the seconds
+            elapsed (a local run only: workers must write beside the output).
+        on_model_load: called with each captioner the job loads, in the process that loads it
+            (see CaptionModelHandler's `on_load`); must pickle.
+
+    Raises:
+        JobFailed: more than `config.max_failure_rate` of the images failed (the tables and
+            run.json are written first), or the model failed every image of its first batches
+            with one error and the job stopped early.
+    """
     shards = list_shards(config.input)  # raises InputError before any work
-    # Check the model here: a bad --model fails now, with a clear message, not inside a worker.
+    config, identity = _check_model(config)
+    prepare_output(config.out, config.overwrite)
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+    def build(p: beam.Pipeline, progress_dir: str | None) -> None:
+        build_pipeline(
+            p, config, shards, run_id, identity.name, identity.version, progress_dir, on_model_load
+        )
+
+    try:
+        counters, seconds = _run(config.out, beam_args, build, on_progress)
+    except Exception as e:
+        if (broken := model_broken(e)) is None:
+            raise
+        raise JobFailed(
+            f"stopped early: {broken}; no tables were written. Check the model and its device"
+        ) from e
+    summary = summarize(
+        counters, run_id, seconds, identity.name, identity.version, config.max_failure_rate
+    )
+    write_run_json(config, summary, beam_args, len(shards))
+    if summary.failure_rate_exceeded:
+        raise JobFailed(failure_rate_message(summary, config.out))
+    return summary
+
+
+def _check_model(config: CaptionConfig) -> tuple[CaptionConfig, ModelIdentity]:
+    """Check the model here: a bad --model fails now, with a clear message, not inside a
+    worker. Returns the config with the JPEG draft size the model allows, and its identity."""
     identity = model_identity(config.model, config.captioner)
-    model_name, model_version = identity.name, identity.version
     if config.decode.draft_size is None and identity.input_size:
         # JPEGs decode at the smallest 1/2^k scale still >= the model's input: nearly the same
         # pixels after the model's resize, for a fraction of the work on large photos.
@@ -191,30 +244,38 @@ def run_caption(
     preprocessor = load_preprocessor(config.model, config.captioner)
     if config.decode_on == "device" and not getattr(preprocessor, "decodes_on_device", False):
         raise UsageError(
-            f"--decode-on device: {model_name} cannot decode on its device (only Hugging Face "
+            f"--decode-on device: {identity.name} cannot decode on its device (only Hugging Face "
             "models without per-image text can: BLIP, GIT, ViT-GPT2, BLIP-2); use --decode-on cpu"
         )
-    prepare_output(config.out, config.overwrite)
-    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    return config, identity
+
+
+def _run(
+    out: str,
+    beam_args: list[str],
+    build: Callable[[beam.Pipeline, str | None], None],
+    on_progress: ProgressFn | None,
+) -> tuple[dict[str, int], float]:
+    """Build and run the pipeline to the end, reporting progress on the way; returns its
+    counters and the seconds it took."""
     # Live progress only where workers can write beside the output (a local run).
     progress_dir = None
-    if on_progress is not None and _is_local(config.out):
-        progress_dir = str(Path(fsspec.core.url_to_fs(config.out)[1]) / ".progress")
+    if on_progress is not None and _is_local(out):
+        progress_dir = str(Path(fsspec.core.url_to_fs(out)[1]) / ".progress")
         Path(progress_dir).mkdir(parents=True, exist_ok=True)
-
     started = time.perf_counter()
     stop = threading.Event()
     if progress_dir is not None and on_progress is not None:
-        report = on_progress
+        report, folder = on_progress, progress_dir
 
         def poll() -> None:
             while not stop.wait(0.5):
-                report(read_progress(progress_dir), time.perf_counter() - started)
+                report(read_progress(folder), time.perf_counter() - started)
 
         threading.Thread(target=poll, daemon=True).start()
     try:
         p = beam.Pipeline(options=pipeline_options(beam_args))
-        build_pipeline(p, config, shards, run_id, model_name, model_version, progress_dir)
+        build(p, progress_dir)
         result = p.run()
         result.wait_until_finish()
         seconds = time.perf_counter() - started
@@ -224,23 +285,7 @@ def run_caption(
         stop.set()
         if progress_dir is not None:
             shutil.rmtree(progress_dir, ignore_errors=True)
-
-    counters = _counters(result)
-    failed = {k.removeprefix("failed_"): v for k, v in counters.items() if k.startswith("failed_")}
-    summary = RunSummary(
-        run_id=run_id,
-        read=counters.get("read", 0),
-        captioned=counters.get("captioned", 0),
-        failed=dict(sorted(failed.items())),
-        seconds=seconds,
-        stage_seconds={
-            s: counters.get(f"{s}_ms", 0) / 1000 for s in ("read", "decode", "inference")
-        },
-        model=model_name,
-        model_version=model_version,
-    )
-    write_run_json(config, summary, beam_args, len(shards))
-    return summary
+    return job_counters(result), seconds
 
 
 def write_run_json(
@@ -261,12 +306,18 @@ def write_run_json(
             "jpeg_draft_size": config.decode.draft_size,
             "beam_args": beam_args,
         },
+        "failure_limit": {
+            "max_failure_rate": summary.max_failure_rate,
+            "failure_rate": round(summary.failure_rate, 6),
+            "exceeded": summary.failure_rate_exceeded,
+        },
         "model": {"name": summary.model, "version": summary.model_version},
         "counts": {
             "read": summary.read,
             "captioned": summary.captioned,
             "failed": summary.failed_total,
             "failed_by_reason": summary.failed,
+            "failed_by_stage": summary.failed_by_stage,
             "balanced": summary.balanced,
         },
         "seconds": {

@@ -1,13 +1,15 @@
-"""DoFns over the pure cores: shards -> entries -> decoded images -> caption/failure rows."""
+"""DoFns over captioning.steps: shards -> entries -> decoded images -> caption/failure rows.
+
+Each DoFn adapts a pure step to Beam: it times the step (integer nanoseconds, summed exactly in a
+counter per stage), routes failure rows to the FAILURES output and feeds the live progress.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from time import perf_counter_ns
 from typing import Any, cast
 
 import apache_beam as beam
@@ -16,22 +18,32 @@ from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
-from PIL import Image
 
 from captioning.api import CaptionerOptions, CaptionResult
 from captioning.archives.listing import ReadConfig, Shard, ShardEntry, iter_shard
-from captioning.images.decode import DecodeConfig, DecodeError, decode_image
-from captioning.images.device_decode import EncodedImage, plain_jpeg_header
+from captioning.images.decode import DecodeConfig
 from captioning.records import CaptionRow, FailureRow, ImageInput
 from captioning.registry import load_preprocessor
-from pipelines.caption.handler import NAMESPACE, CaptionFailure
+from captioning.steps import CaptionFailure, decode_entry, read_failure, result_row
+from pipelines.caption.handler import NAMESPACE
 from pipelines.caption.progress import ProgressWriter
 
 FAILURES = "failures"
 
 
-def _failed(reason: str) -> None:
-    Metrics.counter(NAMESPACE, f"failed_{reason}").inc()
+def failed_by_reason(reason: str) -> str:
+    """The counter of failures with this error_type."""
+    return f"failed_{reason}"
+
+
+def failed_at_stage(stage: str) -> str:
+    """The counter of failures at this stage (read, decode, caption)."""
+    return f"{stage}_failed"
+
+
+def stage_ns(stage: str) -> str:
+    """The counter of nanoseconds spent in this stage (read, decode, inference)."""
+    return f"{stage}_ns"
 
 
 class ReadShard(beam.DoFn):
@@ -40,85 +52,26 @@ class ReadShard(beam.DoFn):
     def __init__(self, config: ReadConfig, run_id: str):
         self._config, self._run_id = config, run_id
         self._read = Metrics.counter(NAMESPACE, "read")
-        self._ms = Metrics.counter(NAMESPACE, "read_ms")
+        self._ns = Metrics.counter(NAMESPACE, stage_ns("read"))
 
     def process(self, shard: Shard) -> Iterator:
         entries = iter_shard(shard, self._config)
         while True:
-            started = time.perf_counter()  # time in the reader only, not in fused downstream work
+            started = perf_counter_ns()  # time in the reader only, not in fused downstream work
             entry = next(entries, None)
-            self._ms.inc(int((time.perf_counter() - started) * 1000))
+            self._ns.inc(perf_counter_ns() - started)
             if entry is None:
                 return
             self._read.inc()
             if entry.data is None:
-                reason = entry.error or "read_error"
-                _failed(reason)
-                yield beam.pvalue.TaggedOutput(
-                    FAILURES,
-                    FailureRow(
-                        entry.key,
-                        entry.source,
-                        entry.member,
-                        "read",
-                        reason,
-                        entry.message or reason,
-                        self._run_id,
-                    ),
-                )
+                yield beam.pvalue.TaggedOutput(FAILURES, read_failure(entry, self._run_id))
             else:
                 yield entry
 
 
-def decode_entry(
-    entry: ShardEntry,
-    config: DecodeConfig,
-    run_id: str,
-    preprocess: Callable[[Image.Image], Any],
-    pass_jpeg: bool = False,
-) -> ImageInput | FailureRow:
-    """One entry's bytes -> an ImageInput (the model's preprocessed input and the image's
-    provenance), or a decode FailureRow.
-
-    With `pass_jpeg`, a plain JPEG (no EXIF turn) is not decoded here: only its header is read
-    (size, format, the size guard) and its bytes go on as an EncodedImage, for the captioner to
-    decode on its device; a file whose pixels turn out broken fails there, with stage "decode".
-    """
-    assert entry.data is not None
-    digest = hashlib.sha256(entry.data).hexdigest()
-    try:
-        header = plain_jpeg_header(entry.data, config) if pass_jpeg else None
-        if header is not None:
-            return ImageInput(
-                entry.key,
-                entry.source,
-                entry.member,
-                digest,
-                header.width,
-                header.height,
-                header.format,
-                EncodedImage(entry.data),
-            )
-        decoded = decode_image(entry.data, config)
-    except DecodeError as e:
-        return FailureRow(
-            entry.key, entry.source, entry.member, "decode", e.reason, e.message, run_id
-        )
-    return ImageInput(
-        entry.key,
-        entry.source,
-        entry.member,
-        digest,
-        decoded.width,
-        decoded.height,
-        decoded.format,
-        preprocess(decoded.image),
-    )
-
-
 class DecodeImages(beam.DoFn):
     """ShardEntry -> ImageInput (the model's input for the image, and its provenance), or a
-    decode failure.
+    decode failure (see `captioning.steps.decode_entry`).
 
     Decoding and the model's preprocessing (resize, normalise) run `threads` images ahead on a
     thread pool: Beam calls the fused inference step from inside this DoFn's yield, so while the
@@ -140,7 +93,7 @@ class DecodeImages(beam.DoFn):
         self._spec, self._options = model_spec, options
         self._decode_on = decode_on
         self._threads, self._ahead = threads, ahead
-        self._ms = Metrics.counter(NAMESPACE, "decode_ms")
+        self._ns = Metrics.counter(NAMESPACE, stage_ns("decode"))
 
     def setup(self) -> None:
         self._preprocess = load_preprocessor(self._spec, self._options)
@@ -152,22 +105,21 @@ class DecodeImages(beam.DoFn):
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
 
     def start_bundle(self) -> None:
-        self._pending: deque[Future[tuple[ImageInput | FailureRow, float]]] = deque()
+        self._pending: deque[Future[tuple[ImageInput | FailureRow, int]]] = deque()
 
-    def _timed_decode(self, entry: ShardEntry) -> tuple[ImageInput | FailureRow, float]:
-        started = time.perf_counter()
+    def _timed_decode(self, entry: ShardEntry) -> tuple[ImageInput | FailureRow, int]:
+        started = perf_counter_ns()
         result = decode_entry(entry, self._config, self._run_id, self._preprocess, self._pass_jpeg)
-        return result, time.perf_counter() - started
+        return result, perf_counter_ns() - started
 
-    def _emit(self, done: tuple[ImageInput | FailureRow, float], windowed: bool) -> Any:
-        result, seconds = done
+    def _emit(self, done: tuple[ImageInput | FailureRow, int], windowed: bool) -> Any:
+        result, elapsed_ns = done
         # Counted here, on the DoFn's thread: Beam's metrics do not see the pool's threads.
-        self._ms.inc(int(seconds * 1000))
+        self._ns.inc(elapsed_ns)
         value: Any = result
         if windowed:  # finish_bundle has no input element to take a window from
             value = WindowedValue(result, MIN_TIMESTAMP, (GlobalWindow(),))
         if isinstance(result, FailureRow):
-            _failed(result.error_type)
             return beam.pvalue.TaggedOutput(FAILURES, value)
         return value
 
@@ -185,7 +137,7 @@ class DecodeImages(beam.DoFn):
 
 
 class ToRows(beam.DoFn):
-    """RunInference's PredictionResult -> a CaptionRow (main) or a FailureRow (FAILURES)."""
+    """RunInference's PredictionResult -> a CaptionRow dict (main) or a FailureRow (FAILURES)."""
 
     def __init__(self, run_id: str, model_name: str, model_version: str, progress_dir: str | None):
         self._run_id, self._model, self._version = run_id, model_name, model_version
@@ -197,35 +149,16 @@ class ToRows(beam.DoFn):
 
     def process(self, result: PredictionResult) -> Iterator:
         x = cast(ImageInput, result.example)
-        out = result.inference
-        if isinstance(out, CaptionFailure):
-            _failed(out.error_type)  # its progress is counted by CountFailures, like every failure
-            yield beam.pvalue.TaggedOutput(
-                FAILURES,
-                FailureRow(
-                    x.key, x.source, x.member, out.stage, out.error_type, out.message, self._run_id
-                ),
-            )
+        out = cast(CaptionResult | CaptionFailure, result.inference)
+        row = result_row(x, out, self._run_id, self._model, self._version)
+        if isinstance(row, FailureRow):  # counted by CountFailures, like every failure
+            yield beam.pvalue.TaggedOutput(FAILURES, row)
             return
-        assert isinstance(out, CaptionResult)
+        assert isinstance(row, CaptionRow)
         self._captioned.inc()
         if self._progress:
             self._progress.add(captioned=1)
-        yield CaptionRow(
-            key=x.key,
-            source=x.source,
-            member=x.member,
-            sha256=x.sha256,
-            width=x.width,
-            height=x.height,
-            format=x.format,
-            caption=out.caption,
-            candidates=list(out.candidates),
-            model=self._model,
-            model_version=self._version,
-            run_id=self._run_id,
-            captioned_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        ).to_dict()
+        yield row.to_dict()
 
     def teardown(self) -> None:
         if self._progress:
@@ -233,7 +166,8 @@ class ToRows(beam.DoFn):
 
 
 class CountFailures(beam.DoFn):
-    """FailureRow -> dict for Parquet; also feeds the local progress display."""
+    """FailureRow -> dict for Parquet. Every failure of every stage passes here once: it is
+    counted by reason and by stage, and feeds the local progress display."""
 
     def __init__(self, progress_dir: str | None):
         self._progress_dir = progress_dir
@@ -242,6 +176,8 @@ class CountFailures(beam.DoFn):
         self._progress = ProgressWriter(self._progress_dir) if self._progress_dir else None
 
     def process(self, row: FailureRow) -> Iterator[dict]:
+        Metrics.counter(NAMESPACE, failed_by_reason(row.error_type)).inc()
+        Metrics.counter(NAMESPACE, failed_at_stage(row.stage)).inc()
         if self._progress:
             self._progress.add(failed=1)
         yield row.to_dict()

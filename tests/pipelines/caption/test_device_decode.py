@@ -107,7 +107,8 @@ def test_a_device_error_costs_one_failure_row_not_the_batch():
     from captioning.api import CaptionResult
     from captioning.images.device_decode import EncodedImage
     from captioning.records import ImageInput
-    from pipelines.caption.handler import CaptionFailure, CaptionModelHandler
+    from captioning.steps import CaptionFailure
+    from pipelines.caption.handler import CaptionModelHandler
 
     class FlakyDevice:  # fails any batch holding the poisoned file, as a CUDA error would
         def preprocess_encoded(self, datas):

@@ -2,17 +2,19 @@
 
 Beam issue #22895 is the trap: with a shared model, RunInference hands run_inference a proxy to a
 model living in another process. Our handler therefore preprocesses in the worker (CPU tensors
-only cross the process boundary) and lets the captioner move inputs to its own device.
+only cross the process boundary) and lets the captioner move inputs to its own device. Model
+loads are counted with run_caption's public `on_model_load` hook, called where the model loads.
 """
 
 from __future__ import annotations
+
+import os
 
 import pyarrow.parquet as pq
 import pytest
 
 from captioning.api import CaptionerOptions
 from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
-from pipelines.caption.handler import LOAD_LOG_ENV
 from pipelines.caption.pipeline import CaptionConfig, run_caption
 
 pytestmark = pytest.mark.slow
@@ -31,9 +33,7 @@ def rows(out):
     return sorted(map(tuple, (r.values() for r in table.to_pylist())))
 
 
-def test_shared_model_loads_once_and_matches_one_process(
-    archive, tiny_checkpoint, tmp_path, monkeypatch
-):
+def test_shared_model_loads_once_and_matches_one_process(archive, tiny_checkpoint, tmp_path):
     options = CaptionerOptions(device="cpu", beam_size=2, threads=1)
     single = run_caption(
         CaptionConfig(
@@ -46,7 +46,11 @@ def test_shared_model_loads_once_and_matches_one_process(
         [],
     )
     log = tmp_path / "loads.txt"
-    monkeypatch.setenv(LOAD_LOG_ENV, str(log))
+
+    def record_load(captioner):  # runs where the model loads: the process that serves it
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {captioner.name}\n")
+
     shared = run_caption(
         CaptionConfig(
             input=str(archive),
@@ -57,7 +61,10 @@ def test_shared_model_loads_once_and_matches_one_process(
             model_copies=1,
         ),
         MULTI,
+        on_model_load=record_load,
     )
     assert shared.read == single.read == 24 and shared.balanced
     assert rows(tmp_path / "shared") == rows(tmp_path / "single")
-    assert len(log.read_text().split()) == 1  # one model for both worker processes
+    (load,) = log.read_text().splitlines()  # one model for both worker processes
+    pid, name = load.split()
+    assert name == "tiny" and int(pid) != os.getpid()  # loaded in a worker's process, not here

@@ -25,7 +25,7 @@ import pytest
 
 from captioning.api import CaptionerOptions
 from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
-from captioning.records import CAPTION_SCHEMA, FAILURE_SCHEMA
+from captioning.records import CAPTION_SCHEMA, FAILURE_SCHEMA, STAGES
 from pipelines.caption.pipeline import CaptionConfig, RunSummary, run_caption
 from tests.pipelines.bad_inputs import EXPECTED, NON_ASCII_NAME, Expected
 
@@ -166,7 +166,14 @@ def test_bad_input_run_accounts_for_every_image_exactly_once(bad_run: BadRun) ->
         "captioned": len(captions),
         "failed": len(failures),
         "failed_by_reason": dict(sorted(Counter(r["error_type"] for r in failures).items())),
+        "failed_by_stage": {s: sum(r["stage"] == s for r in failures) for s in STAGES},
         "balanced": True,
+    }
+    assert summary.failed_by_stage == run["counts"]["failed_by_stage"]
+    assert run["failure_limit"] == {
+        "max_failure_rate": 0.5,
+        "failure_rate": round(len(failures) / len(EXPECTED), 6),
+        "exceeded": False,
     }
 
 
