@@ -4,7 +4,7 @@ import logging
 import lzma
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -31,6 +31,8 @@ _IMAGE_SUFFIXES = frozenset(ext[1:] for ext in IMAGE_EXTENSIONS)
 _InvalidHeader: type[tarfile.HeaderError] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
 _EmptyHeader: type[tarfile.HeaderError] = tarfile.EmptyHeaderError  # type: ignore[attr-defined]
 _EOFHeader: type[tarfile.HeaderError] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
+# What opening the stream, or reading a header or member from it, can raise.
+_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 @dataclass(slots=True)
@@ -44,6 +46,17 @@ class _Sample:
     metadata: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)
+
+    def add(self, role: str, name: str, payload: bytes) -> None:
+        """Keep the bytes of member `name` as the sample's image, caption or metadata."""
+        if role == "image":
+            self.data, self.member = payload, name
+        elif role == "caption":
+            self.caption = _caption(payload)
+        else:
+            self.metadata, note = _metadata(payload, f"{name} sidecar")
+            self.notes.extend([note] if note else [])
+        self.member = self.member or name
 
     def entry(self, shard: Shard) -> ShardEntry:
         if self.data is None:
@@ -141,82 +154,104 @@ def iter_tar(shard: Shard) -> Iterator[ShardEntry]:
             tar = tarfile.open(
                 fileobj=f, mode="r|*", tarinfo=_recording_tarinfo(problems), ignore_zeros=True
             )
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        except _READ_ERRORS as exc:
             yield _failure(shard, SHARD_KEY, "", "corrupt_tar", f"not a readable tar: {exc}")
             return
         with tar:
             yield from _tar_samples(shard, tar, problems)
 
 
+@dataclass(slots=True)
+class _Grouping:
+    """Consecutive members with one key make a sample; a new key finishes the one before."""
+
+    shard: Shard
+    pending: _Sample | None = None
+    last_member: str = ""  # the last member header read, for messages
+
+    def start(self, key: str) -> Generator[ShardEntry, None, _Sample]:
+        """Yield the sample in progress if it is another key's; return `key`'s sample."""
+        if self.pending is not None and self.pending.key != key:
+            yield self.pending.entry(self.shard)
+            self.pending = None
+        self.pending = self.pending or _Sample(key)
+        return self.pending
+
+    def finish(self) -> Iterator[ShardEntry]:
+        if self.pending is not None:
+            yield self.pending.entry(self.shard)
+
+    def abort(self, exc: BaseException) -> Iterator[ShardEntry]:
+        return _abort(self.shard, self.pending, self.last_member, exc)
+
+
 def _tar_samples(
     shard: Shard, tar: tarfile.TarFile, problems: list[_HeaderProblem]
 ) -> Iterator[ShardEntry]:
-    pending: _Sample | None = None
-    last_member = ""
+    """Members in stream order -> one entry per sample; damage ends or annotates samples."""
+    samples = _Grouping(shard)
     while True:
         try:
             info = tar.next()
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
-            yield from _abort(shard, pending, last_member, exc)
+        except _READ_ERRORS as exc:
+            yield from samples.abort(exc)
             return
-        for problem in _first_damage(problems, at_end=info is None):
-            split = _split_member(problem.name) if problem.name else None
-            where = f"damaged tar header at byte {problem.offset} ({problem.error})"
-            if split is None:
-                member = problem.name or f"header at byte {problem.offset}"
-                yield _failure(
-                    shard,
-                    f"<corrupt@{problem.offset}>",
-                    member,
-                    "corrupt_tar_header",
-                    f"{where}; skipped to the next valid header",
-                )
-                continue
-            if pending is not None and pending.key != split[0]:
-                yield pending.entry(shard)
-                pending = None
-            pending = pending or _Sample(split[0])
-            pending.damaged.append(problem.name or "")
-            pending.notes.append(f"{where}; member {problem.name} skipped")
+        yield from _damaged_header(samples, problems, at_end=info is None)
         if info is None:
             break
         problems.clear()  # what is left now is only the end of the archive
         # Stream mode still keeps every TarInfo it has read; drop them so memory stays flat.
         tar.members = []  # type: ignore[attr-defined]
-        last_member = info.name
+        samples.last_member = info.name
         split = _split_member(info.name) if info.isfile() else None
         if split is None:
             logger.debug("%s: skipping tar member %s", shard.uri, info.name)
             continue
-        key, ext = split
-        if pending is not None and pending.key != key:
-            yield pending.entry(shard)
-            pending = None
-        pending = pending or _Sample(key)
-        role = _role(ext)
-        if role is None or (role == "image" and pending.data is not None):
-            if role == "image":
-                pending.notes.append(f"ignored extra image member {info.name}")
+        sample = yield from samples.start(split[0])
+        role = _wanted_role(sample, split[1], info.name)
+        if role is None:
             continue  # not read: tarfile skips its bytes in the stream
         try:
             payload = tar.extractfile(info).read()  # type: ignore[union-attr]  # isfile() checked
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
-            yield from _abort(shard, pending, last_member, exc)
+        except _READ_ERRORS as exc:
+            yield from samples.abort(exc)
             return
-        if role == "image":
-            pending.data, pending.member = payload, info.name
-        elif role == "caption":
-            pending.caption = _caption(payload)
-        else:
-            pending.metadata, note = _metadata(payload, f"{info.name} sidecar")
-            pending.notes.extend([note] if note else [])
-        pending.member = pending.member or info.name
+        sample.add(role, info.name, payload)
     if _ended_cleanly(problems):
-        if pending is not None:
-            yield pending.entry(shard)
+        yield from samples.finish()
     else:
-        error = EOFError("archive ends without its end-of-archive marker")
-        yield from _abort(shard, pending, last_member, error)
+        yield from samples.abort(EOFError("archive ends without its end-of-archive marker"))
+
+
+def _damaged_header(
+    samples: _Grouping, problems: list[_HeaderProblem], at_end: bool
+) -> Iterator[ShardEntry]:
+    """A damaged header before this member: a note on its sample, or a failure of its own when
+    its name gives no sample key."""
+    for problem in _first_damage(problems, at_end):
+        split = _split_member(problem.name) if problem.name else None
+        where = f"damaged tar header at byte {problem.offset} ({problem.error})"
+        if split is None:
+            yield _failure(
+                samples.shard,
+                f"<corrupt@{problem.offset}>",
+                problem.name or f"header at byte {problem.offset}",
+                "corrupt_tar_header",
+                f"{where}; skipped to the next valid header",
+            )
+            continue
+        sample = yield from samples.start(split[0])
+        sample.damaged.append(problem.name or "")
+        sample.notes.append(f"{where}; member {problem.name} skipped")
+
+
+def _wanted_role(sample: _Sample, ext: str, name: str) -> str | None:
+    """The role of member `name` if its bytes are to be read: not unknown, not a second image."""
+    role = _role(ext)
+    if role == "image" and sample.data is not None:
+        sample.notes.append(f"ignored extra image member {name}")
+        return None
+    return role
 
 
 def _first_damage(problems: list[_HeaderProblem], at_end: bool) -> list[_HeaderProblem]:

@@ -17,8 +17,9 @@ from torch import nn
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     vocab_size: int
-    image_size: int = 96
-    encoder_channels: tuple[int, ...] = (32, 64, 128, 192)
+    # defaults = the shipped default model (and `make train-default`'s recipe)
+    image_size: int = 128
+    encoder_channels: tuple[int, ...] = (48, 96, 192, 256)
     embed_dim: int = 128
     hidden_dim: int = 256
     attention_dim: int = 128

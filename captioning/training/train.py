@@ -6,7 +6,6 @@ run resumed after epoch e continues exactly as the uninterrupted one would.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -14,25 +13,24 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from pycocoevalcap.cider.cider import Cider
-from safetensors.torch import load_file, save_file
 
 from captioning.archives.synthetic.world import named_pairs
-from captioning.errors import CaptioningError, MissingInputError
+from captioning.errors import CaptioningError
 from captioning.images.preprocess import normalize
 from captioning.native.beam_search import DecodeOptions, decode
-from captioning.native.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from captioning.native.checkpoint import Checkpoint, save_checkpoint
 from captioning.native.model import CaptionModel, ModelConfig, caption_loss, concept_loss
 from captioning.native.vocab import Vocabulary, tokenize
 from captioning.runtime import CPU_HEAP_POLICIES, keep_freed_memory
 from captioning.training.data import TrainingData
+from captioning.training.state import STATE_DIR, Progress, load_state, save_state
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = ".train-state"  # inside the output folder: the last epoch, for --resume
+__all__ = ["STATE_DIR", "EpochReport", "TrainConfig", "split", "train", "validate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,29 +143,14 @@ def validate(
     return float(cider), (correct / judged if judged else None)
 
 
-def _save_state(out: Path, ckpt: Checkpoint, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    d = out / STATE_DIR
-    save_checkpoint(d, ckpt)
-    opt = optimizer.state_dict()
-    tensors = {f"{pid}.{name}": v for pid, s in opt["state"].items() for name, v in s.items()}
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        str(d / "optimizer.safetensors"),
-    )
-    state = {**state, "param_groups": opt["param_groups"]}
-    (d / "state.json").write_text(json.dumps(state, indent=2))
+@dataclass(slots=True)
+class _Run:
+    """What the epochs train and update: the model, its optimizer and the counters resume keeps."""
 
-
-def _load_state(out: Path, model: CaptionModel, optimizer: torch.optim.Optimizer) -> dict:
-    d = out / STATE_DIR
-    state = json.loads((d / "state.json").read_text())
-    tensors = load_file(str(d / "optimizer.safetensors"))
-    opt_state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        pid, name = k.split(".", 1)
-        opt_state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
-    return state
+    model: CaptionModel
+    vocab: Vocabulary
+    optimizer: torch.optim.Optimizer
+    progress: Progress
 
 
 def train(
@@ -191,80 +174,127 @@ def train(
     if device.type == "cpu" and config.cpu_heap == "keep":
         keep_freed_memory()  # process-wide
     out = Path(out_dir)
-    image_size = data.images.shape[-1]
     train_rows, val_rows = split(data, config.val_fraction)
     val_rows = val_rows[: config.max_val_images]
     torch.manual_seed(config.seed)
     if resume:
-        if not (out / STATE_DIR / "state.json").is_file():
-            raise MissingInputError(f"nothing to resume in {out}: no {STATE_DIR}/state.json")
-        last = load_checkpoint(out / STATE_DIR)
-        model, vocab = last.model, last.vocab
+        run = _resumed_run(out, config, device)
     else:
-        vocab = Vocabulary.build(data.examples[i].caption for i in train_rows)
-        model = CaptionModel(
-            ModelConfig(vocab_size=len(vocab), image_size=image_size, **(architecture or {}))
-        )
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    state: dict[str, Any] = {"epoch": 0, "best_cider": -1.0, "bad_epochs": 0, "history": []}
-    if resume:
-        state = _load_state(out, model, optimizer)
-        logger.info("resuming after epoch %d", state["epoch"])
+        run = _new_run(data, train_rows, config, architecture, device)
 
-    captions = _encode_captions(vocab, [e.caption for e in data.examples], model.config.max_length)
+    captions = _encode_captions(
+        run.vocab, [e.caption for e in data.examples], run.model.config.max_length
+    )
     captions = captions.to(device)  # (N, T)
     images = data.images.to(device)  # (N, 3, S, S) uint8: a no-op on the CPU
-    reports = [EpochReport(**h) for h in state["history"]]
+    reports = [EpochReport(**h) for h in run.progress.history]
     end_epoch = config.epochs if config.stop_after is None else config.stop_after
-    for epoch in range(state["epoch"], end_epoch):
-        if state["bad_epochs"] >= config.patience:
+    for epoch in range(run.progress.epoch, end_epoch):
+        if run.progress.bad_epochs >= config.patience:
             break
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(config, epoch)
-        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        torch.manual_seed(config.seed * 1000 + epoch)
-        order = torch.tensor(train_rows)[torch.randperm(len(train_rows), generator=gen)]
-        order = order.to(device)
-        model.train()
-        steps = math.ceil(len(order) / config.batch_size)
-        total, started = 0.0, time.perf_counter()
-        for step in range(steps):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            caps = captions[idx]
-            caps = caps[:, : int((caps != 0).sum(1).max())]  # (B, T): drop all-padding columns
-            logits, alphas, concepts = model.forward_train(normalize(images[idx]), caps)
-            loss = caption_loss(logits, alphas, caps, config.alpha_c)
-            if config.concept_weight:
-                loss = loss + config.concept_weight * concept_loss(concepts, caps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            total += loss.item()
-            if on_step:
-                on_step(epoch + 1, step + 1, steps, loss.item())
-        rate = len(order) / (time.perf_counter() - started)
-        cider, attr = validate(model, vocab, data, val_rows)
-        best = cider > state["best_cider"]
-        report = EpochReport(epoch + 1, total / steps, cider, attr, rate, best)
+        loss, rate = _train_epoch(run, images, captions, train_rows, config, epoch, on_step)
+        cider, attr = validate(run.model, run.vocab, data, val_rows)
+        best = cider > run.progress.best_cider
+        report = EpochReport(epoch + 1, loss, cider, attr, rate, best)
         reports.append(report)
-        info = {
-            "train": asdict(config),
-            "epoch": epoch + 1,
-            "val_cider": cider,
-            "val_attribute_accuracy": attr,
-            "train_images": len(train_rows),
-        }
-        ckpt = Checkpoint(model, vocab, config.name, f"seed{config.seed}-epoch{epoch + 1}", info)
-        if best:
-            state["best_cider"], state["bad_epochs"] = cider, 0
-            save_checkpoint(out, ckpt)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        state["history"] = [asdict(r) for r in reports]
-        _save_state(out, ckpt, optimizer, state)
+        _end_epoch(out, run, config, report, len(train_rows))
         if on_epoch:
             on_epoch(report)
     return reports
+
+
+def _optimizer(model: CaptionModel, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+
+
+def _new_run(
+    data: TrainingData,
+    train_rows: list[int],
+    config: TrainConfig,
+    architecture: dict | None,
+    device: torch.device,
+) -> _Run:
+    """A new model (its vocabulary from the training captions) at epoch 0."""
+    vocab = Vocabulary.build(data.examples[i].caption for i in train_rows)
+    image_size = data.images.shape[-1]
+    model = CaptionModel(
+        ModelConfig(vocab_size=len(vocab), image_size=image_size, **(architecture or {}))
+    )
+    model.to(device)
+    return _Run(model, vocab, _optimizer(model, config), Progress())
+
+
+def _resumed_run(out: Path, config: TrainConfig, device: torch.device) -> _Run:
+    """The model, optimizer and counters of the last epoch saved in `out`."""
+    state = load_state(out)
+    model = state.checkpoint.model.to(device)
+    optimizer = _optimizer(model, config)
+    optimizer.load_state_dict(state.optimizer)
+    logger.info("resuming after epoch %d", state.progress.epoch)
+    return _Run(model, state.checkpoint.vocab, optimizer, state.progress)
+
+
+def _train_epoch(
+    run: _Run,
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    rows: list[int],
+    config: TrainConfig,
+    epoch: int,
+    on_step: ProgressFn | None,
+) -> tuple[float, float]:
+    """One pass over `rows` in epoch `epoch`'s seeded order -> (mean loss, images per second)."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = _lr(config, epoch)
+    gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    torch.manual_seed(config.seed * 1000 + epoch)  # the epoch's dropout
+    order = torch.tensor(rows)[torch.randperm(len(rows), generator=gen)]  # (R,)
+    order = order.to(images.device)
+    run.model.train()
+    steps = math.ceil(len(order) / config.batch_size)
+    total, started = 0.0, time.perf_counter()
+    for step in range(steps):
+        idx = order[step * config.batch_size : (step + 1) * config.batch_size]  # (B,)
+        loss = _step(run, images[idx], captions[idx], config)
+        total += loss
+        if on_step:
+            on_step(epoch + 1, step + 1, steps, loss)
+    return total / steps, len(order) / (time.perf_counter() - started)
+
+
+def _step(run: _Run, images: torch.Tensor, caps: torch.Tensor, config: TrainConfig) -> float:
+    """One optimizer step on a batch of uint8 images (B, 3, S, S) and captions (B, T)."""
+    caps = caps[:, : int((caps != 0).sum(1).max())]  # (B, T): drop all-padding columns
+    logits, alphas, concepts = run.model.forward_train(normalize(images), caps)
+    loss = caption_loss(logits, alphas, caps, config.alpha_c)
+    if config.concept_weight:
+        loss = loss + config.concept_weight * concept_loss(concepts, caps)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    run.optimizer.step()
+    return loss.item()
+
+
+def _end_epoch(
+    out: Path, run: _Run, config: TrainConfig, report: EpochReport, train_images: int
+) -> None:
+    """Keep the model in `out` if the epoch is the best so far; save the resume state."""
+    info = {
+        "train": asdict(config),
+        "epoch": report.epoch,
+        "val_cider": report.val_cider,
+        "val_attribute_accuracy": report.val_attribute_accuracy,
+        "train_images": train_images,
+    }
+    version = f"seed{config.seed}-epoch{report.epoch}"
+    ckpt = Checkpoint(run.model, run.vocab, config.name, version, info)
+    progress = run.progress
+    if report.best:
+        progress.best_cider, progress.bad_epochs = report.val_cider, 0
+        save_checkpoint(out, ckpt)
+    else:
+        progress.bad_epochs += 1
+    progress.epoch = report.epoch
+    progress.history.append(asdict(report))
+    save_state(out, ckpt, run.optimizer, progress)

@@ -3,68 +3,112 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
+from captioning.archives.records import ReadConfig
+from pipelines.caption.pipeline import CaptionConfig, run_caption
+from pipelines.caption.summary import RunSummary
 from pipelines.cli.common import (
-    BeamOpt,
-    CpuHeapOpt,
-    DecodeOnOpt,
-    DeviceOpt,
-    DTypeOpt,
-    ImageColumnOpt,
-    MaxLenOpt,
-    ModelCopiesOpt,
-    ModelOpt,
-    NumReturnOpt,
-    PickleOpt,
-    PromptOpt,
-    ThreadsOpt,
-    TrustOpt,
+    CaptionerFlags,
     app,
-    captioner_options,
+    captioner_flags,
     err,
+    field_default,
+    flag,
+    flag_group,
     out,
 )
 
 BEAM_ARGS_HELP = (
-    "Beam pipeline options go after `--`, e.g. -- --runner DirectRunner --direct_num_workers=2"
+    "Beam pipeline options go after `--`. Jobs run on Beam's local in-process runner "
+    "(FnApiRunner) unless told otherwise, e.g. -- --direct_num_workers=2 "
+    "--direct_running_mode=multi_processing, or -- --runner DataflowRunner --project P "
+    "--region R --temp_location gs://BUCKET/tmp"
 )
+BEAM_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+_JOB_OPTIONS: dict[str, tuple[Any, type]] = {
+    "batch_size": (Annotated[int, typer.Option("--batch-size")], CaptionConfig),
+    "overwrite": (Annotated[bool, typer.Option("--overwrite")], CaptionConfig),
+    "image_column": (
+        Annotated[str, typer.Option("--image-column", help="Parquet column with image bytes.")],
+        ReadConfig,
+    ),
+    "model_copies": (
+        Annotated[
+            int | None,
+            typer.Option(
+                "--model-copies", help="Share the model across a worker's processes, N copies."
+            ),
+        ],
+        CaptionConfig,
+    ),
+    "decode_on": (
+        Annotated[
+            str,
+            typer.Option(
+                "--decode-on",
+                help="Where JPEGs are decoded: cpu, device (the model's GPU; HF models without a "
+                "per-image prompt) or auto (device when the model is on a GPU and can).",
+            ),
+        ],
+        CaptionConfig,
+    ),
+    "max_failure_rate": (
+        Annotated[
+            float,
+            typer.Option(
+                "--max-failure-rate",
+                metavar="FRACTION",
+                help="Exit with code 3 when more than this fraction of the images read fail "
+                "(the tables and run.json are written first).",
+            ),
+        ],
+        CaptionConfig,
+    ),
+}
+JOB_FLAGS = [
+    flag(name, option, field_default(config, name))
+    for name, (option, config) in _JOB_OPTIONS.items()
+]
 
 
-def _caption_config(
-    input_: str,
-    out_dir: str,
-    model: str | None,
-    batch_size: int,
-    captioner,
-    overwrite: bool,
-    image_column: str,
-    model_copies: int | None,
-    decode_on: str,
-):
-    from captioning.archives.listing import ReadConfig
-    from pipelines.caption.pipeline import CaptionConfig
+@dataclass(frozen=True, slots=True)
+class JobFlags:
+    """The caption job's flags that caption and run share, parsed once."""
 
-    return CaptionConfig(
-        input=input_,
-        out=out_dir,
-        model=model,
-        batch_size=batch_size,
-        overwrite=overwrite,
-        captioner=captioner,
-        read=ReadConfig(image_column=image_column),
-        model_copies=model_copies,
-        decode_on=decode_on,
-    )
+    batch_size: int
+    overwrite: bool
+    image_column: str
+    model_copies: int | None
+    decode_on: str
+    max_failure_rate: float
+
+    def caption_config(self, input_: str, out_dir: str, captioner: CaptionerFlags) -> CaptionConfig:
+        return CaptionConfig(
+            input=input_,
+            out=out_dir,
+            model=captioner.model,
+            batch_size=self.batch_size,
+            overwrite=self.overwrite,
+            captioner=captioner.options,
+            read=ReadConfig(image_column=self.image_column),
+            model_copies=self.model_copies,
+            decode_on=self.decode_on,
+            max_failure_rate=self.max_failure_rate,
+        )
 
 
-def _run_caption_with_display(config, beam_args: list[str]):
+job_flags = flag_group("job", JOB_FLAGS, JobFlags)
+
+
+def run_caption_job(config: CaptionConfig, beam_args: list[str]) -> RunSummary:
+    """Run the caption job with a live progress line, then print its counts."""
     from rich.live import Live
-
-    from pipelines.caption.pipeline import run_caption
 
     with Live(console=err, refresh_per_second=4, transient=True) as live:
 
@@ -77,6 +121,13 @@ def _run_caption_with_display(config, beam_args: list[str]):
             )
 
         summary = run_caption(config, beam_args, on_progress=on_progress)
+    _print_summary(summary, config.out)
+    if not summary.balanced:
+        raise typer.Exit(1)
+    return summary
+
+
+def _print_summary(summary: RunSummary, out_dir: str) -> None:
     table = Table(title=f"caption run {summary.run_id}")
     table.add_column("")
     table.add_column("images", justify="right")
@@ -90,18 +141,14 @@ def _run_caption_with_display(config, beam_args: list[str]):
     verdict = "every image is accounted for" if summary.balanced else "COUNTS DO NOT ADD UP"
     err.print(
         f"read {summary.read} = captioned {summary.captioned} + failed "
-        f"{summary.failed_total}: {verdict}. Output in {config.out}",
+        f"{summary.failed_total}: {verdict}. Output in {out_dir}",
         soft_wrap=True,
     )
-    if not summary.balanced:
-        raise typer.Exit(1)
-    return summary
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    epilog=BEAM_ARGS_HELP,
-)
+@app.command(context_settings=BEAM_ARGS, epilog=BEAM_ARGS_HELP)
+@captioner_flags
+@job_flags
 def caption(
     ctx: typer.Context,
     input_: Annotated[
@@ -112,48 +159,11 @@ def caption(
         ),
     ],
     out_dir: Annotated[str, typer.Option("--out", help="Output folder (or fsspec URL).")],
-    model: ModelOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    device: DeviceOpt = "auto",
-    beam_size: BeamOpt = 3,
-    max_length: MaxLenOpt = 24,
-    num_return: NumReturnOpt = 1,
-    dtype: DTypeOpt = "auto",
-    prompt: PromptOpt = None,
-    trust_remote_code: TrustOpt = False,
-    allow_pickle: PickleOpt = False,
-    threads: ThreadsOpt = None,
-    cpu_heap: CpuHeapOpt = "keep",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
-    image_column: ImageColumnOpt = "jpg",
-    model_copies: ModelCopiesOpt = None,
-    decode_on: DecodeOnOpt = "auto",
+    captioner: CaptionerFlags,
+    job: JobFlags,
 ) -> None:
     """Caption an archive with a Beam pipeline: captions and failures to Parquet."""
-    options = captioner_options(
-        device,
-        beam_size,
-        max_length,
-        num_return,
-        dtype,
-        prompt,
-        trust_remote_code,
-        allow_pickle,
-        threads,
-        cpu_heap,
-    )
-    config = _caption_config(
-        input_,
-        out_dir,
-        model,
-        batch_size,
-        options,
-        overwrite,
-        image_column,
-        model_copies,
-        decode_on,
-    )
-    _run_caption_with_display(config, list(ctx.args))
+    run_caption_job(job.caption_config(input_, out_dir, captioner), list(ctx.args))
 
 
 def _index(
@@ -193,10 +203,7 @@ EmbedderOpt = Annotated[
 ]
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    epilog=BEAM_ARGS_HELP,
-)
+@app.command(context_settings=BEAM_ARGS, epilog=BEAM_ARGS_HELP)
 def index(
     ctx: typer.Context,
     captions_dir: Annotated[
@@ -211,39 +218,23 @@ def index(
     _index(captions_dir, index_dir, embedder, batch_size, overwrite, list(ctx.args))
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    epilog=BEAM_ARGS_HELP,
-)
+@app.command(context_settings=BEAM_ARGS, epilog=BEAM_ARGS_HELP)
+@captioner_flags
+@job_flags
 def run(
     ctx: typer.Context,
     input_: Annotated[str, typer.Argument(metavar="INPUT", help="Images to caption and index.")],
     out_dir: Annotated[
         str, typer.Option("--out", help="Output folder; the index goes to OUT/index.")
     ],
-    model: ModelOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    device: DeviceOpt = "auto",
-    beam_size: BeamOpt = 3,
-    max_length: MaxLenOpt = 24,
-    num_return: NumReturnOpt = 1,
-    dtype: DTypeOpt = "auto",
-    prompt: PromptOpt = None,
-    trust_remote_code: TrustOpt = False,
-    allow_pickle: PickleOpt = False,
-    threads: ThreadsOpt = None,
-    cpu_heap: CpuHeapOpt = "keep",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
-    image_column: ImageColumnOpt = "jpg",
-    model_copies: ModelCopiesOpt = None,
-    decode_on: DecodeOnOpt = "auto",
+    captioner: CaptionerFlags,
+    job: JobFlags,
     embedder: EmbedderOpt = None,
 ) -> None:
     """Caption + index in one go."""
-    flags = dict(locals())  # every parameter but the embedder is one of caption's
-    del flags["embedder"]
-    caption(**flags)
-    _index(out_dir, f"{out_dir.rstrip('/')}/index", embedder, 256, overwrite, list(ctx.args))
+    beam_args = list(ctx.args)
+    run_caption_job(job.caption_config(input_, out_dir, captioner), beam_args)
+    _index(out_dir, f"{out_dir.rstrip('/')}/index", embedder, 256, job.overwrite, beam_args)
 
 
 @app.command()

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
+from captioning.api import CaptionerOptions
+from captioning.native.model import ModelConfig
+from captioning.training.train import EpochReport, TrainConfig
 from pipelines.cli.common import (
-    BeamOpt,
+    CaptionerFlags,
     CpuHeapOpt,
-    DeviceOpt,
-    DTypeOpt,
-    MaxLenOpt,
     ModelOpt,
-    NumReturnOpt,
-    PickleOpt,
-    PromptOpt,
-    ThreadsOpt,
-    TrustOpt,
     app,
-    captioner_options,
+    captioner_flags,
     err,
     error_line,
     fail,
+    field_default,
+    flag,
+    flag_group,
     out,
 )
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from captioning.training.data import TrainingData
 
 
 @app.command("sample-archive")
@@ -66,28 +66,51 @@ def sample_archive(
     )
 
 
-@app.command()
-def train(
-    data: Annotated[str, typer.Argument(help="Training archive: folder, tar or Parquet shards.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
-    epochs: Annotated[int, typer.Option("--epochs")] = 14,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
-    image_size: Annotated[int, typer.Option("--image-size")] = 96,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    patience: Annotated[int, typer.Option("--patience")] = 4,
-    alpha_c: Annotated[
+_TRAIN_OPTIONS: dict[str, Any] = {
+    "epochs": Annotated[int, typer.Option("--epochs")],
+    "batch_size": Annotated[int, typer.Option("--batch-size")],
+    "learning_rate": Annotated[float, typer.Option("--lr")],
+    "seed": Annotated[int, typer.Option("--seed")],
+    "patience": Annotated[int, typer.Option("--patience")],
+    "alpha_c": Annotated[
         float,
         typer.Option("--alpha-c", help="Weight of the doubly stochastic attention regulariser."),
-    ] = 0.05,
-    concept_weight: Annotated[
+    ],
+    "concept_weight": Annotated[
         float,
         typer.Option(
             "--concept-weight", help="Weight of the auxiliary bag-of-words loss (0 = off)."
         ),
-    ] = 1.0,
+    ],
+    "cpu_heap": CpuHeapOpt,
+    "stop_after": Annotated[
+        int | None,
+        typer.Option(
+            "--stop-after",
+            help="End after epoch N; the learning-rate schedule still spans --epochs.",
+        ),
+    ],
+}
+train_flags = flag_group(
+    "config",
+    [
+        flag(name, option, field_default(TrainConfig, name))
+        for name, option in _TRAIN_OPTIONS.items()
+    ],
+    TrainConfig,
+)
+
+
+@app.command()
+@train_flags
+def train(
+    data: Annotated[str, typer.Argument(help="Training archive: folder, tar or Parquet shards.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
+    config: TrainConfig,
+    image_size: Annotated[int, typer.Option("--image-size")] = field_default(
+        ModelConfig, "image_size"
+    ),
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
-    cpu_heap: CpuHeapOpt = "keep",
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most N images.")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue after the last epoch.")
@@ -103,60 +126,67 @@ def train(
     device: Annotated[
         str, typer.Option("--device", help="cpu, cuda or auto (cuda when present).")
     ] = "cpu",
-    stop_after: Annotated[
-        int | None,
-        typer.Option(
-            "--stop-after",
-            help="End after epoch N; the learning-rate schedule still spans --epochs.",
-        ),
-    ] = None,
 ) -> None:
     """Train the Show-Attend-Tell captioner on an archive with caption sidecars."""
     import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from captioning.training.data import load_training_data
-    from captioning.training.train import TrainConfig
-    from captioning.training.train import train as run_training
+    from captioning.training.state import has_state
 
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        seed=seed,
-        patience=patience,
-        alpha_c=alpha_c,
-        concept_weight=concept_weight,
-        stop_after=stop_after,
-        cpu_heap=cpu_heap,
-    )
     if threads:
         torch.set_num_threads(threads)
-    architecture = None
-    if encoder_channels is not None:
-        if resume:
-            fail("--encoder-channels: a resumed run keeps the architecture it started with")
-        try:
-            channels = tuple(int(c) for c in encoder_channels.split(","))
-        except ValueError:
-            fail(f"--encoder-channels: expected integers like 32,64,128, got {encoder_channels!r}")
-        if not channels or min(channels) < 1:
-            fail(f"--encoder-channels: expected positive integers, got {encoder_channels!r}")
-        architecture = {"encoder_channels": channels}
+    architecture = _architecture(encoder_channels, resume)
+    device = _training_device(device)
+    if resume and not has_state(out_dir):
+        fail(f"--resume: {out_dir} has no training state to resume from")
+    if not resume and (out_dir / "model.safetensors").exists():
+        fail(f"{out_dir} already holds a model: pass --resume to continue it or pick another --out")
+    torch.manual_seed(config.seed)
+    err.print(f"decoding training images from {data} ...")
+    dataset = load_training_data(data, image_size, workers=workers, limit=limit)
+    err.print(f"{len(dataset.examples)} images ready; left out: {dict(dataset.skipped) or 'none'}")
+    reports = _train_with_progress(
+        dataset, out_dir, config, resume=resume, architecture=architecture, device=device
+    )
+    best = max(reports, key=lambda r: r.val_cider)
+    err.print(f"best epoch {best.epoch}: val CIDEr {best.val_cider:.3f}; model in {out_dir}")
+
+
+def _architecture(encoder_channels: str | None, resume: bool) -> dict | None:
+    """--encoder-channels as ModelConfig overrides for a new model."""
+    if encoder_channels is None:
+        return None
+    if resume:
+        fail("--encoder-channels: a resumed run keeps the architecture it started with")
+    try:
+        channels = tuple(int(c) for c in encoder_channels.split(","))
+    except ValueError:
+        fail(f"--encoder-channels: expected integers like 32,64,128, got {encoder_channels!r}")
+    if not channels or min(channels) < 1:
+        fail(f"--encoder-channels: expected positive integers, got {encoder_channels!r}")
+    return {"encoder_channels": channels}
+
+
+def _training_device(device: str) -> str:
+    import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         fail(f"--device: expected cpu, cuda or auto, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         fail("--device cuda: no CUDA device is available (use --device cpu)")
-    if resume and not (out_dir / ".train-state" / "state.json").is_file():
-        fail(f"--resume: {out_dir} has no training state to resume from")
-    if not resume and (out_dir / "model.safetensors").exists():
-        fail(f"{out_dir} already holds a model: pass --resume to continue it or pick another --out")
-    torch.manual_seed(seed)
-    err.print(f"decoding training images from {data} ...")
-    dataset = load_training_data(data, image_size, workers=workers, limit=limit)
-    err.print(f"{len(dataset.examples)} images ready; left out: {dict(dataset.skipped) or 'none'}")
+    return device
+
+
+def _train_with_progress(
+    dataset: TrainingData, out_dir: Path, config: TrainConfig, **kwargs: Any
+) -> list[EpochReport]:
+    """captioning.training.train.train with a progress bar and a line per epoch on stderr."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from captioning.training.train import train as run_training
+
     with Progress(
         TextColumn("epoch {task.fields[epoch]}"),
         BarColumn(),
@@ -170,7 +200,7 @@ def train(
         def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
             progress.update(task, total=steps, completed=step, epoch=epoch, loss=loss)
 
-        def on_epoch(r) -> None:  # noqa: ANN001 - EpochReport
+        def on_epoch(r: EpochReport) -> None:
             attr = (
                 "" if r.val_attribute_accuracy is None else f" attr {r.val_attribute_accuracy:.3f}"
             )
@@ -180,18 +210,7 @@ def train(
                 f"epoch {r.epoch}: loss {r.train_loss:.4f}, {msg}" + (" (best)" if r.best else "")
             )
 
-        reports = run_training(
-            dataset,
-            out_dir,
-            config,
-            resume=resume,
-            architecture=architecture,
-            on_step=on_step,
-            on_epoch=on_epoch,
-            device=device,
-        )
-    best = max(reports, key=lambda r: r.val_cider)
-    err.print(f"best epoch {best.epoch}: val CIDEr {best.val_cider:.3f}; model in {out_dir}")
+        return run_training(dataset, out_dir, config, on_step=on_step, on_epoch=on_epoch, **kwargs)
 
 
 def _read_images(
@@ -214,45 +233,21 @@ def _read_images(
 
 
 @app.command()
+@captioner_flags
 def describe(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    model: ModelOpt = None,
+    captioner: CaptionerFlags,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    device: DeviceOpt = "auto",
-    beam_size: BeamOpt = 3,
-    max_length: MaxLenOpt = 24,
-    num_return: NumReturnOpt = 1,
-    dtype: DTypeOpt = "auto",
-    prompt: PromptOpt = None,
-    trust_remote_code: TrustOpt = False,
-    allow_pickle: PickleOpt = False,
-    threads: ThreadsOpt = None,
-    cpu_heap: CpuHeapOpt = "keep",
 ) -> None:
     """Caption image files; unreadable files get a one-line error and a non-zero exit code."""
-    from captioning.registry import load_captioner
-
-    options = captioner_options(
-        device,
-        beam_size,
-        max_length,
-        num_return,
-        dtype,
-        prompt,
-        trust_remote_code,
-        allow_pickle,
-        threads,
-        cpu_heap,
-    )
-    options.set_up_process()
-    captioner = load_captioner(model, options)
+    model = captioner.load()
     good, bad = _read_images(images)
     for p, reason in bad:
         error_line(f"{p}: {reason}")
     for start in range(0, len(good), batch_size):
         chunk = good[start : start + batch_size]
-        results = captioner.caption([captioner.preprocess(img) for _, img in chunk])
+        results = model.caption([model.preprocess(img) for _, img in chunk])
         for (p, _), r in zip(chunk, results, strict=True):
             if as_json:
                 print(json.dumps({"path": str(p), "caption": r.caption}))
@@ -267,10 +262,11 @@ def explain(
     image: Annotated[Path, typer.Argument(help="An image file.")],
     out_png: Annotated[Path, typer.Option("--out", help="PNG to write.")],
     model: ModelOpt = None,
-    beam_size: Annotated[int, typer.Option("--beam-size")] = 3,
+    beam_size: Annotated[int, typer.Option("--beam-size")] = field_default(
+        CaptionerOptions, "beam_size"
+    ),
 ) -> None:
     """Draw the attention map of every generated word over the image."""
-    from captioning.api import CaptionerOptions
     from captioning.native.captioner import NativeCaptioner
     from captioning.native.explain import attention_figure
     from captioning.registry import load_captioner
@@ -296,7 +292,8 @@ def evaluate(
     show: Annotated[int, typer.Option("--show", help="Print N captions beside a reference.")] = 0,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (pycocoevalcap) and attribute accuracy."""
-    from captioning.evaluation.metrics import evaluate_captions, load_predictions, load_references
+    from captioning.evaluation.metrics import evaluate_captions
+    from captioning.evaluation.references import load_predictions, load_references
 
     preds = load_predictions(predictions)
     refs, truths = load_references(references)

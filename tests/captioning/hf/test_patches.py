@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -9,13 +11,16 @@ from PIL import Image
 from torch import nn
 from transformers import BlipForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.blip.modeling_blip import BlipAttention
+from transformers.utils import ModelOutput
 
 from captioning.api import CaptionerOptions
+from captioning.hf import patches
 from captioning.hf.captioner import HFCaptioner
 from captioning.hf.patches import (
-    CROSS_KV,
     _once_per_row,
     _run_starts,
+    cross_kv_projections,
     sdpa_blip_vision,
     speed_up,
     undo_speed_ups,
@@ -95,7 +100,7 @@ def test_cross_attention_projects_each_image_once(tmp_path, images, family):
 
         return run
 
-    projections = [m for n, m in cap.model.named_modules() if n.endswith(CROSS_KV)]
+    projections = cross_kv_projections(cap.model)
     assert len(projections) >= 2
     for m in projections:
         m.forward = counted(m.forward)
@@ -127,7 +132,8 @@ def test_once_per_image_never_merges_distinct_images():
     a, b = torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)
     # rows: a a b a  -> the last a is not next to the first two, so it is encoded again
     px = torch.cat([a, a, b, a])
-    out = _once_per_row(encoder)(px, scale=2.0)
+    fields = {"last_hidden_state", "pooler_output", "hidden_states"}
+    out = _once_per_row(encoder, fields)(px, scale=2.0)
     want = encoder(px, scale=2.0)
     assert [t.shape[0] for t in seen] == [3, 4]  # patched call: rows a, b, a; then the reference
     torch.testing.assert_close(out.last_hidden_state, want.last_hidden_state)
@@ -137,7 +143,7 @@ def test_once_per_image_never_merges_distinct_images():
 
     seen.clear()
     distinct = torch.rand(3, 3, 2, 2)
-    _once_per_row(encoder)(distinct)
+    _once_per_row(encoder, fields)(distinct)
     assert seen[0] is distinct  # nothing to share: the input goes through untouched
 
 
@@ -152,32 +158,202 @@ def test_run_starts_compares_in_full_rows_that_share_their_first_values():
     assert _run_starts(narrow).tolist() == [True, False, True]
 
 
-def test_unknown_blip_attention_layout_is_left_eager(caplog):
-    class BlipAttention(nn.Module):  # same name as transformers', another layout
-        def __init__(self) -> None:
-            super().__init__()
-            self.proj = nn.Linear(4, 4)
+class NewBlipAttention(BlipAttention):
+    """transformers' class with another layout, as a later version might have."""
 
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+        self.proj = nn.Linear(4, 4)
+
+
+def test_unknown_blip_attention_layout_is_left_eager(caplog):
     model = nn.Module()
-    model.vision_model = nn.Sequential(BlipAttention())
+    model.vision_model = nn.Sequential(NewBlipAttention())
     assert sdpa_blip_vision(model) == 0
     assert "forward" not in model.vision_model[0].__dict__
     assert "without qkv/projection: left eager" in caplog.text
 
 
+class MaskedBlipAttention(BlipAttention):
+    """The right parts, but a forward that takes a mask."""
+
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+        self.qkv, self.projection = nn.Linear(4, 12), nn.Linear(4, 4)
+        self.num_heads, self.head_dim, self.scale = 2, 2, 0.5
+        self.dropout = nn.Dropout(0.0)
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        return hidden_states, None
+
+
 def test_blip_attention_taking_a_mask_is_left_eager(caplog):
-    class BlipAttention(nn.Module):  # the right parts, but a forward that takes a mask
+    model = nn.Module()
+    model.vision_model = nn.Sequential(MaskedBlipAttention())
+    assert sdpa_blip_vision(model) == 0
+    assert "forward" not in model.vision_model[0].__dict__
+    assert "also takes ['attention_mask']: left eager" in caplog.text
+
+
+def test_a_look_alike_class_of_the_same_name_is_not_patched():
+    class BlipAttention(nn.Module):  # transformers' name and layout, not transformers' class
         def __init__(self) -> None:
             super().__init__()
             self.qkv, self.projection = nn.Linear(4, 12), nn.Linear(4, 4)
             self.num_heads, self.head_dim, self.scale = 2, 2, 0.5
             self.dropout = nn.Dropout(0.0)
 
-        def forward(self, hidden_states, attention_mask=None, **kwargs):
+        def forward(self, hidden_states, **kwargs):
             return hidden_states, None
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.crossattention = nn.Module()
+            self.crossattention.self = nn.Module()
+            self.crossattention.self.key = nn.Linear(4, 4)
+            self.crossattention.self.value = nn.Linear(4, 4)
 
     model = nn.Module()
     model.vision_model = nn.Sequential(BlipAttention())
-    assert sdpa_blip_vision(model) == 0
-    assert "forward" not in model.vision_model[0].__dict__
-    assert "also takes ['attention_mask']: left eager" in caplog.text
+    model.text = Layer()
+    assert speed_up(model, "blip") == []
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+# -- when and how often the fixes apply -------------------------------------------------------
+
+
+@pytest.fixture
+def blip(tmp_path) -> HFCaptioner:
+    return HFCaptioner(str(build("blip", tmp_path / "blip")), BEAM3)
+
+
+def instance_forwards(model: nn.Module) -> dict[str, object]:
+    return {n: m.__dict__["forward"] for n, m in model.named_modules() if "forward" in m.__dict__}
+
+
+@pytest.mark.parametrize("version", ["4.57.1", "6.0.0", "5.23.0", "6.0.0.dev0"])
+def test_an_untested_transformers_runs_unpatched_and_says_so_once(
+    tmp_path, monkeypatch, caplog, version
+):
+    d = build("blip", tmp_path / "blip")
+    monkeypatch.setattr("transformers.__version__", version)
+    patches._is_tested.cache_clear()
+    cap = HFCaptioner(str(d), BEAM3)
+    assert cap.speed_fixes == []
+    assert speed_up(cap.model, "blip") == []
+    assert instance_forwards(cap.model) == {}
+    warnings = [r for r in caplog.records if "outside the versions" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert version in warnings[0].getMessage()
+    patches._is_tested.cache_clear()
+
+
+@pytest.mark.parametrize("version", ["5.24.0", "5.31.2", "5.25.0.dev0"])
+def test_the_tested_range_is_patched(monkeypatch, version):
+    monkeypatch.setattr("transformers.__version__", version)
+    patches._is_tested.cache_clear()
+    assert patches.transformers_is_tested()
+    patches._is_tested.cache_clear()
+
+
+def test_speed_up_twice_is_speed_up_once(blip, images):
+    model = blip.model
+    first = instance_forwards(model)
+    assert blip.speed_fixes == ["sdpa-vision", "cross-kv-once"]
+    assert speed_up(model, "blip") == blip.speed_fixes
+    assert instance_forwards(model) == first  # the same objects: nothing wrapped twice
+    undo_speed_ups(model)
+    assert instance_forwards(model) == {}  # one undo removes all of it
+
+
+def hook(name: str, forward, calls: list[str]):
+    """An instance-level forward over `forward`, as another library (accelerate, profilers) adds."""
+
+    def run(*args, **kwargs):
+        calls.append(name)
+        return forward(*args, **kwargs)
+
+    return run
+
+
+def test_undo_keeps_forwards_speed_up_did_not_install(blip, images):
+    model = blip.model
+    undo_speed_ups(model)
+    calls: list[str] = []
+    key = cross_kv_projections(model)[0]  # speed_up patches it on top of the hook
+    embeddings = model.vision_model.embeddings  # speed_up never patches it
+    key.forward = hook("key", key.forward, calls)
+    embeddings.forward = hook("embeddings", embeddings.forward, calls)
+    foreign = instance_forwards(model)
+
+    assert speed_up(model, "blip") == ["sdpa-vision", "cross-kv-once"]
+    assert key.forward is not foreign["text_decoder.bert.encoder.layer.0.crossattention.self.key"]
+    inputs = [blip.preprocess(im) for im in images]
+    fast = blip.caption(inputs)
+    assert set(calls) == {"key", "embeddings"}  # the hooks still run under the fix
+
+    undo_speed_ups(model)
+    assert instance_forwards(model) == foreign
+    plain = blip.caption(inputs)
+    assert [r.candidates for r in fast] == [r.candidates for r in plain]
+
+
+def test_sdpa_leaves_a_hooked_blip_attention_eager(blip, caplog):
+    # SDPA replaces the forward rather than wrapping it, so it would drop the hook.
+    model = blip.model
+    undo_speed_ups(model)
+    attention = model.vision_model.encoder.layers[0].self_attn
+    attention.forward = hook("attention", attention.forward, [])
+    foreign = attention.forward
+    layers = model.config.vision_config.num_hidden_layers
+    assert sdpa_blip_vision(model) == layers - 1
+    assert attention.forward is foreign
+    assert "instance-level forward (a hook?): left eager" in caplog.text
+    undo_speed_ups(model)
+    assert attention.forward is foreign
+
+
+# -- what a deduplicated call maps back to every row --------------------------------------------
+
+
+@dataclass
+class EncoderOutput(ModelOutput):
+    last_hidden_state: torch.Tensor | None = None
+    position_table: torch.Tensor | None = None  # (P, 2): P is not the batch
+
+
+def test_an_output_with_the_row_count_by_coincidence_is_not_indexed():
+    a, b = torch.zeros(1, 5), torch.ones(1, 5)
+    px = torch.cat([a, a, b, a])  # 4 rows, 3 distinct: the patched call sees 3 rows
+    table = torch.arange(6.0).reshape(3, 2)  # 3 positions, as many as the distinct rows
+    calls: list[int] = []
+
+    def encoder(x: torch.Tensor) -> EncoderOutput:
+        calls.append(len(x))
+        return EncoderOutput(last_hidden_state=x * 2, position_table=table)
+
+    out = _once_per_row(encoder, {"last_hidden_state"})(px)
+    assert calls == [3]
+    torch.testing.assert_close(out.last_hidden_state, px * 2)
+    assert out.position_table is table  # not a field computed from the batch: as returned
+
+    def tuple_encoder(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(len(x))
+        return x * 2, table
+
+    calls.clear()
+    hidden, positions = _once_per_row(tuple_encoder)(px)  # positions say nothing: run all rows
+    assert calls == [3, 4]
+    torch.testing.assert_close(hidden, px * 2)
+    assert positions is table
+
+    def wrong_rows(x: torch.Tensor) -> EncoderOutput:  # a declared field without a row per input
+        calls.append(len(x))
+        return EncoderOutput(last_hidden_state=x.sum(0, keepdim=True))
+
+    calls.clear()
+    out = _once_per_row(wrong_rows, {"last_hidden_state"})(px)
+    assert calls == [3, 4]
+    torch.testing.assert_close(out.last_hidden_state, px.sum(0, keepdim=True))

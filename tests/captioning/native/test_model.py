@@ -129,3 +129,18 @@ def test_native_captioner_returns_n_candidates(tiny_checkpoint):
     img = Image.new("RGB", (40, 30), (200, 30, 30))
     result = cap.caption([cap.preprocess(img)])[0]
     assert result.candidates[0] == result.caption and len(result.candidates) == 3
+
+
+def test_model_config_defaults_are_the_shipped_models() -> None:
+    """`imgindex train` takes its architecture defaults from ModelConfig: they must be the shipped
+    default model's (and `make train-default`'s recipe), not an older, smaller model's."""
+    import json
+
+    from captioning.native.checkpoint import DEFAULT_MODEL_DIR
+
+    shipped = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["model"]
+    defaults = ModelConfig(vocab_size=shipped["vocab_size"])
+    assert defaults.image_size == shipped["image_size"] == 128
+    assert list(defaults.encoder_channels) == shipped["encoder_channels"]
+    for name in ("embed_dim", "hidden_dim", "attention_dim", "max_length"):
+        assert getattr(defaults, name) == shipped[name], name

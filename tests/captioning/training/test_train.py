@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
 from captioning.native.checkpoint import load_checkpoint
+from captioning.training import state
 from captioning.training.data import load_training_data
 from captioning.training.train import TrainConfig, split, train
 
@@ -72,6 +74,38 @@ def test_resumed_run_equals_uninterrupted_run(world, tmp_path):
     b = load_checkpoint(tmp_path / "part" / ".train-state").model.state_dict()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_a_run_killed_while_saving_resumes_from_the_last_whole_epoch(world, tmp_path, monkeypatch):
+    full = train(world, tmp_path / "full", small(), architecture=TINY)
+
+    class Killed(Exception):
+        pass
+
+    real, saves = state.save_file, []
+
+    def killed_in_epoch_two(*args, **kwargs):  # writes the optimizer state, then dies
+        real(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:  # epoch 2's model and optimizer are written, its state.json is not
+            raise Killed
+
+    monkeypatch.setattr(state, "save_file", killed_in_epoch_two)
+    with pytest.raises(Killed):
+        train(world, tmp_path / "part", small(), architecture=TINY)
+    monkeypatch.undo()
+
+    # The state on disk is epoch 1's, all of it: model, optimizer steps and counters.
+    steps_per_epoch = math.ceil(len(split(world, 0.2)[0]) / 16)
+    resumed_from = state.load_state(tmp_path / "part")
+    assert resumed_from.progress.epoch == 1
+    assert resumed_from.checkpoint.info["epoch"] == 1
+    steps = {int(s["step"]) for s in resumed_from.optimizer["state"].values()}
+    assert steps == {steps_per_epoch}
+
+    resumed = train(world, tmp_path / "part", small(), resume=True)
+    assert [r.epoch for r in resumed] == [1, 2, 3]
+    assert [r.train_loss for r in resumed] == pytest.approx([r.train_loss for r in full], rel=1e-5)
 
 
 def test_resume_without_state_is_a_clear_error(world, tmp_path):
