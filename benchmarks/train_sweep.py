@@ -27,8 +27,9 @@ import torch  # noqa: E402
 
 from captioning.native.beam_search import DecodeOptions  # noqa: E402
 from captioning.native.checkpoint import load_checkpoint  # noqa: E402
+from captioning.training.config import EpochReport, TrainConfig  # noqa: E402
 from captioning.training.data import TrainingData, load_training_data  # noqa: E402
-from captioning.training.train import EpochReport, TrainConfig, train, validate  # noqa: E402
+from captioning.training.train import train, validate  # noqa: E402
 
 _DATA: dict[int, TrainingData] = {}  # image size -> data, inherited by the forked children
 

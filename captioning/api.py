@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING, Any, Protocol
 
 from captioning.errors import CaptioningError
 from captioning.runtime import CPU_HEAP_POLICIES, set_up_process
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads these options at start-up
+    import torch
+    from PIL import Image
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -115,11 +116,15 @@ class CaptionerOptions:
             )
 
     def resolved_device(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
     def resolved_dtype(self) -> torch.dtype:
+        import torch
+
         if self.dtype == "auto":
             return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
         return getattr(torch, self.dtype)

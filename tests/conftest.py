@@ -35,7 +35,8 @@ def build_tiny_checkpoint(directory):
     Seeded, so its captions are deterministic (and nonsense: tests using it check plumbing).
     """
     from captioning.native.checkpoint import Checkpoint, save_checkpoint
-    from captioning.native.model import CaptionModel, ModelConfig
+    from captioning.native.config import ModelConfig
+    from captioning.native.model import CaptionModel
     from captioning.native.vocab import Vocabulary
 
     torch.manual_seed(0)

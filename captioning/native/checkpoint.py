@@ -16,7 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from captioning.errors import CaptioningError
-from captioning.native.model import CaptionModel, ModelConfig
+from captioning.native.config import ModelConfig
+from captioning.native.model import CaptionModel
 from captioning.native.vocab import Vocabulary
 
 WEIGHTS, CONFIG, VOCAB = "model.safetensors", "config.json", "vocab.json"

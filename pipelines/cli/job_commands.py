@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
 from captioning.archives.records import ReadConfig
-from pipelines.caption.pipeline import CaptionConfig, run_caption
-from pipelines.caption.summary import RunSummary
+from pipelines.caption.config import CaptionConfig
 from pipelines.cli.common import (
     CaptionerFlags,
     app,
@@ -22,6 +21,9 @@ from pipelines.cli.common import (
     flag_group,
     out,
 )
+
+if TYPE_CHECKING:
+    from pipelines.caption.summary import RunSummary
 
 BEAM_ARGS_HELP = (
     "Beam pipeline options go after `--`. Jobs run on Beam's local in-process runner "
@@ -109,6 +111,8 @@ job_flags = flag_group("job", JOB_FLAGS, JobFlags)
 def run_caption_job(config: CaptionConfig, beam_args: list[str]) -> RunSummary:
     """Run the caption job with a live progress line, then print its counts."""
     from rich.live import Live
+
+    from pipelines.caption.pipeline import run_caption  # Beam loads only when a job runs
 
     with Live(console=err, refresh_per_second=4, transient=True) as live:
 

@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from captioning.api import CaptionerOptions
-from captioning.native.model import ModelConfig
-from captioning.training.train import EpochReport, TrainConfig
+from captioning.native.config import ModelConfig
+from captioning.training.config import EpochReport, TrainConfig
 from pipelines.cli.common import (
     CaptionerFlags,
     CpuHeapOpt,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from captioning.native.beam_search import DecodeOptions, beam_search, greedy
-from captioning.native.model import CaptionModel, ModelConfig, caption_loss
+from captioning.native.config import ModelConfig
+from captioning.native.model import CaptionModel, caption_loss
 from captioning.native.vocab import Vocabulary
 
 

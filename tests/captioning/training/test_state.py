@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from captioning.native.checkpoint import Checkpoint
-from captioning.native.model import CaptionModel, ModelConfig
+from captioning.native.config import ModelConfig
+from captioning.native.model import CaptionModel
 from captioning.native.vocab import Vocabulary
 from captioning.training import state
 from captioning.training.state import (

@@ -11,8 +11,9 @@ import torch
 from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
 from captioning.native.checkpoint import load_checkpoint
 from captioning.training import state
+from captioning.training.config import TrainConfig
 from captioning.training.data import load_training_data
-from captioning.training.train import TrainConfig, split, train
+from captioning.training.train import split, train
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import typer
 
 from captioning.api import CaptionerOptions
 from captioning.archives.records import ReadConfig
-from captioning.native.model import ModelConfig
-from captioning.training.train import EpochReport, TrainConfig
+from captioning.native.config import ModelConfig
+from captioning.training.config import EpochReport, TrainConfig
 from pipelines.caption.pipeline import CaptionConfig
 
 CAPTIONER_FLAGS = {
