@@ -163,7 +163,7 @@ def run_caption(
             with one error and the job stopped early.
     """
     shards = list_shards(config.input)  # raises InputError before any work
-    config, identity = _check_model(config)
+    config, identity = check_model(config)
     prepare_output(config.out, config.overwrite)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
@@ -189,7 +189,7 @@ def run_caption(
     return summary
 
 
-def _check_model(config: CaptionConfig) -> tuple[CaptionConfig, ModelIdentity]:
+def check_model(config: CaptionConfig) -> tuple[CaptionConfig, ModelIdentity]:
     """Check the model here: a bad --model fails now, with a clear message, not inside a
     worker. Returns the config with the JPEG draft size the model allows, and its identity."""
     identity = model_identity(config.model, config.captioner)

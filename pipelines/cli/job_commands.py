@@ -33,7 +33,7 @@ BEAM_ARGS_HELP = (
 )
 BEAM_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
-_JOB_OPTIONS: dict[str, tuple[Any, type]] = {
+JOB_OPTIONS: dict[str, tuple[Any, type]] = {
     "batch_size": (Annotated[int, typer.Option("--batch-size")], CaptionConfig),
     "overwrite": (Annotated[bool, typer.Option("--overwrite")], CaptionConfig),
     "image_column": (
@@ -75,7 +75,7 @@ _JOB_OPTIONS: dict[str, tuple[Any, type]] = {
 }
 JOB_FLAGS = [
     flag(name, option, field_default(config, name))
-    for name, (option, config) in _JOB_OPTIONS.items()
+    for name, (option, config) in JOB_OPTIONS.items()
 ]
 
 
@@ -263,6 +263,7 @@ def search(
                         "caption": h.caption,
                         "source": h.source,
                         "member": h.member,
+                        "url": h.url,
                     }
                 )
             )
