@@ -349,11 +349,25 @@ class CollectionLock:
         self._thread.start()
 
     def _create(self) -> bool:
-        """Create LOCK only if it does not exist (O_EXCL where the file system has it)."""
-        doc = {**self.owner, "started_at": _now(), "heartbeat": time.time()}
+        """Create LOCK, whole, only if it does not exist. On a local disk: write a temporary
+        file and hard-link it to LOCK (the link fails if LOCK exists, and LOCK is never seen
+        half-written); elsewhere, create it exclusively (mode "x") where the store has that."""
+        doc = json.dumps({**self.owner, "started_at": _now(), "heartbeat": time.time()})
+        target = self.col.join(LOCK_FILE)
+        if _is_local(self.col.fs):
+            tmp = self.col.join(f"{TMP_PREFIX}{self.owner['token']}-lock")
+            with open(tmp, "w") as f:
+                f.write(doc)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            return True
         try:
-            with self.col.fs.open(self.col.join(LOCK_FILE), "xb") as f:
-                f.write(json.dumps(doc).encode())
+            with self.col.fs.open(target, "xb") as f:
+                f.write(doc.encode())
         except FileExistsError:
             return False
         return True
@@ -397,6 +411,11 @@ class CollectionLock:
                 f"its owner's last heartbeat was {age:.0f} s ago (timeout {self.timeout_s:.0f} s)"
             )
         return None
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
 
 
 def _pid_alive(pid: int) -> bool:
