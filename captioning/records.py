@@ -1,6 +1,9 @@
 """Typed records that flow between pipeline stages, and the Parquet schemas they are written with.
 
-Every listed image ends as exactly one CaptionRow or one FailureRow.
+Every listed image ends as exactly one CaptionRow or one FailureRow. Both carry what the source
+said about the image (``captioning.archives.records.SourceFields``), so a row links back to where
+the image came from: ``url``, ``alt_text`` (the source's own caption, e.g. img2dataset's original
+alt text) and ``metadata`` (a JSON object of the source's other fields); each null when unknown.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ class ImageInput:
     height: int
     format: str
     inputs: Any
+    url: str | None = None
+    alt_text: str | None = None
+    metadata: str | None = None  # JSON object
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,9 @@ class CaptionRow:
     model_version: str
     run_id: str
     captioned_at: str  # ISO-8601 UTC
+    url: str | None = None  # where the source says the image came from
+    alt_text: str | None = None  # the source's own caption, never the model's
+    metadata: str | None = None  # JSON object of the source's other fields
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +71,9 @@ CAPTION_SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("run_id", pa.string()),
         ("captioned_at", pa.string()),
+        ("url", pa.string()),
+        ("alt_text", pa.string()),
+        ("metadata", pa.string()),
     ]
 )
 
@@ -75,6 +87,9 @@ class FailureRow:
     error_type: str  # a short stable code: truncated, decompression_bomb, corrupt_tar, ...
     message: str  # one human line
     run_id: str
+    url: str | None = None
+    alt_text: str | None = None
+    metadata: str | None = None  # JSON object
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,5 +104,8 @@ FAILURE_SCHEMA = pa.schema(
         ("error_type", pa.string()),
         ("message", pa.string()),
         ("run_id", pa.string()),
+        ("url", pa.string()),
+        ("alt_text", pa.string()),
+        ("metadata", pa.string()),
     ]
 )

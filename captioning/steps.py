@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from captioning.api import Captioner, CaptionResult
-from captioning.archives.records import ShardEntry
+from captioning.archives.records import ShardEntry, source_fields
 from captioning.images.decode import DecodeConfig, DecodeError, decode_image
 from captioning.images.device_decode import EncodedImage, plain_jpeg_header
 from captioning.records import CaptionRow, FailureRow, ImageInput
@@ -44,10 +44,22 @@ def one_line(e: BaseException) -> str:
 
 
 def read_failure(entry: ShardEntry, run_id: str) -> FailureRow:
-    """An entry the reader could not read (`entry.data is None`) -> its read FailureRow."""
+    """An entry the reader could not read (`entry.data is None`) -> its read FailureRow, with
+    what the source said about the image (an img2dataset row it could not download keeps its
+    url, alt text and metadata)."""
     reason = entry.error or "read_error"
+    fields = source_fields(entry)
     return FailureRow(
-        entry.key, entry.source, entry.member, "read", reason, entry.message or reason, run_id
+        entry.key,
+        entry.source,
+        entry.member,
+        "read",
+        reason,
+        entry.message or reason,
+        run_id,
+        fields.url,
+        fields.alt_text,
+        fields.metadata,
     )
 
 
@@ -67,6 +79,7 @@ def decode_entry(
     """
     assert entry.data is not None
     digest = hashlib.sha256(entry.data).hexdigest()
+    fields = source_fields(entry)
     try:
         header = plain_jpeg_header(entry.data, config) if pass_jpeg else None
         if header is not None:
@@ -79,11 +92,23 @@ def decode_entry(
                 header.height,
                 header.format,
                 EncodedImage(entry.data),
+                fields.url,
+                fields.alt_text,
+                fields.metadata,
             )
         decoded = decode_image(entry.data, config)
     except DecodeError as e:
         return FailureRow(
-            entry.key, entry.source, entry.member, "decode", e.reason, e.message, run_id
+            entry.key,
+            entry.source,
+            entry.member,
+            "decode",
+            e.reason,
+            e.message,
+            run_id,
+            fields.url,
+            fields.alt_text,
+            fields.metadata,
         )
     return ImageInput(
         entry.key,
@@ -94,6 +119,9 @@ def decode_entry(
         decoded.height,
         decoded.format,
         preprocess(decoded.image),
+        fields.url,
+        fields.alt_text,
+        fields.metadata,
     )
 
 
@@ -214,7 +242,18 @@ def result_row(
         captioned_at: ISO-8601 UTC time; None = now.
     """
     if isinstance(out, CaptionFailure):
-        return FailureRow(x.key, x.source, x.member, out.stage, out.error_type, out.message, run_id)
+        return FailureRow(
+            x.key,
+            x.source,
+            x.member,
+            out.stage,
+            out.error_type,
+            out.message,
+            run_id,
+            x.url,
+            x.alt_text,
+            x.metadata,
+        )
     return CaptionRow(
         key=x.key,
         source=x.source,
@@ -229,4 +268,7 @@ def result_row(
         model_version=model_version,
         run_id=run_id,
         captioned_at=captioned_at or datetime.now(UTC).isoformat(timespec="seconds"),
+        url=x.url,
+        alt_text=x.alt_text,
+        metadata=x.metadata,
     )

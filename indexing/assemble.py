@@ -16,8 +16,10 @@ from indexing.embed import ResolvedEmbedder, TextEmbedder, resolve_embedder
 
 logger = logging.getLogger(__name__)
 
-# The columns of a captions table (pipelines' CAPTION_SCHEMA) that an index uses.
+# The columns of a captions table (pipelines' CAPTION_SCHEMA) that an index needs.
 INDEX_COLUMNS = ("key", "caption", "source", "member")
+# Columns it carries along when the table has them (a caption run before them has not).
+SOURCE_COLUMNS = ("url", "alt_text", "metadata")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,9 @@ class CaptionText:
     caption: str
     source: str
     member: str
+    url: str | None = None
+    alt_text: str | None = None
+    metadata: str | None = None  # JSON object
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # eq=False: ndarray == is elementwise
@@ -41,6 +46,8 @@ class EmbeddedCaption:
 def caption_text(row: Mapping[str, Any]) -> CaptionText | str:
     """Turn a caption Parquet row into a CaptionText, or the reason it cannot be indexed.
 
+    SOURCE_COLUMNS the row lacks (a caption run written before them) or holds as null are None.
+
     Returns:
         The CaptionText, or a short stable reason: "missing_<column>" for a null key, source or
         member, "empty_caption" for a null or blank caption.
@@ -51,7 +58,15 @@ def caption_text(row: Mapping[str, Any]) -> CaptionText | str:
     caption = row.get("caption")
     if caption is None or not caption.strip():
         return "empty_caption"
-    return CaptionText(key=row["key"], caption=caption, source=row["source"], member=row["member"])
+    return CaptionText(
+        key=row["key"],
+        caption=caption,
+        source=row["source"],
+        member=row["member"],
+        url=row.get("url"),
+        alt_text=row.get("alt_text"),
+        metadata=row.get("metadata"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +111,9 @@ def assemble_index(embedded: Iterable[EmbeddedCaption], dimension: int) -> Assem
             caption=e.caption.caption,
             source=e.caption.source,
             member=e.caption.member,
+            url=e.caption.url,
+            alt_text=e.caption.alt_text,
+            metadata=e.caption.metadata,
         )
         for i, e in enumerate(kept)
     ]

@@ -6,7 +6,9 @@ An index directory holds four files:
   inner-product metric). FAISS ids are the entry ids, not row numbers, so ids stay stable if the
   index is later rebuilt in another order, merged, or swapped for an approximate one, and
   ``reconstruct(id)`` works.
-- ``mapping.parquet``: one IndexEntry per row (MAPPING_SCHEMA), id -> key, caption, source, member.
+- ``mapping.parquet``: one IndexEntry per row (MAPPING_SCHEMA), id -> key, caption, source, member,
+  and what the image's source said about it (url, alt_text, metadata; null when unknown). An index
+  written before those columns existed still opens: they read as null.
 - ``embeddings.parquet``: id, key and the vector (embeddings_schema(D)), so an index can be rebuilt
   (another FAISS type, a merge) without re-embedding.
 - ``manifest.json``: the Manifest: which embedder, dimension, count, metric, caption files.
@@ -62,6 +64,9 @@ class IndexEntry:
         caption: the caption that was embedded.
         source: the archive (shard) the image came from.
         member: the image's member name inside that archive.
+        url: where the image's source says it came from (img2dataset's ``url``), or None.
+        alt_text: the source's own caption (img2dataset's original alt text), or None.
+        metadata: a JSON object of the source's other fields, or None.
     """
 
     id: int
@@ -69,6 +74,9 @@ class IndexEntry:
     caption: str
     source: str
     member: str
+    url: str | None = None
+    alt_text: str | None = None
+    metadata: str | None = None
 
 
 MAPPING_SCHEMA = pa.schema(
@@ -78,8 +86,13 @@ MAPPING_SCHEMA = pa.schema(
         pa.field("caption", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("member", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("alt_text", pa.string()),
+        pa.field("metadata", pa.string()),
     ]
 )
+# MAPPING_SCHEMA's columns an older index may lack (they read as null).
+OPTIONAL_MAPPING_COLUMNS = ("url", "alt_text", "metadata")
 
 
 def embeddings_schema(dimension: int) -> pa.Schema:
@@ -260,6 +273,9 @@ def _write_files(
             "caption": [e.caption for e in entries],
             "source": [e.source for e in entries],
             "member": [e.member for e in entries],
+            "url": [e.url for e in entries],
+            "alt_text": [e.alt_text for e in entries],
+            "metadata": [e.metadata for e in entries],
         },
         schema=MAPPING_SCHEMA,
     )

@@ -18,8 +18,10 @@ from indexing.build import (
     MANIFEST_FILE,
     MAPPING_FILE,
     MAPPING_SCHEMA,
+    OPTIONAL_MAPPING_COLUMNS,
     Manifest,
 )
+from indexing.collection import INDEX_DIR, VERSIONS_DIR, Collection, is_collection
 from indexing.embed import EmbedderError, TextEmbedder, resolve_embedder
 from indexing.errors import IndexingError
 
@@ -41,6 +43,8 @@ class SearchHit:
         rank: 1 for the best hit.
         score: inner product of the unit-norm query and caption vectors (cosine, in [-1, 1]).
         key, caption, source, member: the entry's fields (see IndexEntry).
+        url, alt_text, metadata: what the image's source said about it (see IndexEntry); None
+            when unknown, and always for an index built before these were recorded.
     """
 
     rank: int
@@ -49,6 +53,9 @@ class SearchHit:
     caption: str
     source: str
     member: str
+    url: str | None = None
+    alt_text: str | None = None
+    metadata: str | None = None
 
 
 def _check_query(text: str, position: int | None = None) -> None:
@@ -180,6 +187,9 @@ class SearchIndex:
                 caption=entry["caption"],
                 source=entry["source"],
                 member=entry["member"],
+                url=entry["url"],
+                alt_text=entry["alt_text"],
+                metadata=entry["metadata"],
             )
             for rank, (score, entry) in enumerate(zip(scores, entries, strict=True), start=1)
         ]
@@ -227,8 +237,15 @@ def _load_faiss(path: Path, manifest: Manifest) -> faiss.Index:
 def _load_mapping(path: Path, manifest: Manifest) -> pa.Table:
     mapping_path = path / MAPPING_FILE
     try:
-        table = pq.read_table(mapping_path, columns=MAPPING_SCHEMA.names)
-        table = table.cast(MAPPING_SCHEMA)
+        present = set(pq.read_schema(mapping_path).names)
+        columns = [name for name in MAPPING_SCHEMA.names if name in present]
+        table = pq.read_table(mapping_path, columns=columns)
+        for name in OPTIONAL_MAPPING_COLUMNS:
+            if name not in table.column_names:  # an index written before the column existed
+                kind = MAPPING_SCHEMA.field(name).type
+                table = table.append_column(name, pa.nulls(table.num_rows, kind))
+        # A required column that is missing raises KeyError here.
+        table = table.select(MAPPING_SCHEMA.names).cast(MAPPING_SCHEMA)
     except (pa.ArrowException, KeyError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise IndexLoadError(f"corrupt mapping {mapping_path}: {reason}") from err
@@ -257,10 +274,10 @@ def _check_ids_agree(path: Path, index: faiss.Index, mapping: pa.Table) -> None:
 
 
 def open_index(path: str | PathLike[str], embedder: TextEmbedder | None = None) -> SearchIndex:
-    """Load an index directory written by write_index.
+    """Load an index directory written by write_index, or a collection's current version.
 
     Args:
-        path: the index directory.
+        path: the index directory, or a collection root (imgindex update): its current version.
         embedder: embedder for queries; it must have the weights recorded in the manifest.
             None loads the manifest's embedder on the first text search.
 
@@ -272,7 +289,7 @@ def open_index(path: str | PathLike[str], embedder: TextEmbedder | None = None) 
             with the manifest.
         EmbedderError: ``embedder`` is not the one the index was built with.
     """
-    root = Path(path)
+    root = _index_dir(Path(path))
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise IndexLoadError(f"index directory {root} {what}")
@@ -288,3 +305,16 @@ def open_index(path: str | PathLike[str], embedder: TextEmbedder | None = None) 
         "opened index %s: %d entries, embedder %s", root, manifest.count, manifest.embedder_name
     )
     return SearchIndex(root, index, mapping, manifest, embedder)
+
+
+def _index_dir(path: Path) -> Path:
+    """A collection root -> its current version's index directory; anything else as it is."""
+    if not is_collection(path):
+        return path
+    col = Collection.open(path)
+    name = col.current()
+    if name is None:
+        raise IndexLoadError(
+            f"collection {path} has no published version yet: run `imgindex update` first"
+        )
+    return Path(col.join(VERSIONS_DIR, name, INDEX_DIR))

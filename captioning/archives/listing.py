@@ -6,6 +6,12 @@ member or record batch at a time. A damaged input yields failure entries (``data
 ``error`` code), never an exception: only ``list_shards`` raises, with ``InputError``, when the
 input cannot be used at all.
 
+img2dataset's output is read as it is laid out (see ``img2dataset.py``): a ``NNNNN.parquet`` beside
+a same-stem ``NNNNN.tar`` is that tar's sidecar, not a shard, and is read after the tar for the
+samples img2dataset failed; ``NNNNN_stats.json`` is never a shard. Its failed rows (status other
+than ``"success"``, in a sidecar or a Parquet shard) are failure entries whose error is the status
+and whose message is img2dataset's error_message, so every sample it attempted is counted once.
+
 Keys (unique within one ``list_shards`` input):
 
 * folder images: the path relative to the input's root, *with* its extension
@@ -16,7 +22,8 @@ Keys (unique within one ``list_shards`` input):
   (``"dir/000000123.jpg"`` -> ``"dir/000000123"``). img2dataset tars have no directories, so their
   keys are the bare ``"000000123"``; keeping directories stops ``a/1.jpg`` and ``b/1.jpg`` from
   merging into one sample.
-* parquet rows: the ``key`` column, else ``f"{file stem}-{row:09d}"``.
+* parquet rows: the ``key`` column, else ``f"{file stem}-{row:09d}"``; failures from a sidecar
+  have the sidecar as their source and ``row N`` as their member.
 * failures that belong to no known sample: ``<shard>`` (the whole file), ``<truncated>``,
   ``<corrupt@OFFSET>`` / ``<corrupt>`` (tar damage), ``<unreadable>`` (I/O error mid-stream).
   ``<shard>``, ``<truncated>``, ``<corrupt>`` and ``<unreadable>`` have an empty member (their
@@ -27,9 +34,11 @@ import logging
 import posixpath
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import fsspec
 
+from captioning.archives.img2dataset import sidecar_path
 from captioning.archives.parquet import iter_parquet
 from captioning.archives.records import (
     CORRUPT_KEY,
@@ -44,9 +53,11 @@ from captioning.archives.records import (
     ReadConfig,
     Shard,
     ShardEntry,
+    SourceFields,
     _caption,
     _failure,
     _metadata,
+    source_fields,
 )
 from captioning.archives.tar import iter_tar
 from captioning.errors import CaptioningError
@@ -65,10 +76,12 @@ __all__ = [
     "ReadConfig",
     "Shard",
     "ShardEntry",
+    "SourceFields",
     "expand_braces",
     "iter_shard",
     "list_shards",
     "shard_kind",
+    "source_fields",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,8 +203,18 @@ def _under(path: str, directories: set[str]) -> bool:
     return parent in directories
 
 
-def _match(fs: fsspec.AbstractFileSystem, path: str) -> tuple[list[str], str, bool] | None:
-    """Return (file paths, key root, named explicitly) for one expanded pattern, None if none."""
+@dataclass(slots=True)
+class _Matched:
+    """The files one expanded pattern names, and the directories all of whose files they are."""
+
+    files: list[str]
+    root: str  # the key root of folder images
+    explicit: bool  # one file, named
+    walked: set[str] = field(default_factory=set)
+
+
+def _match(fs: fsspec.AbstractFileSystem, path: str) -> _Matched | None:
+    """The files of one expanded pattern; None if it names nothing."""
     if _has_magic(path):
         hits = fs.glob(path, detail=True)
         if hits:
@@ -205,15 +228,15 @@ def _match(fs: fsspec.AbstractFileSystem, path: str) -> tuple[list[str], str, bo
                     files.extend(fs.find(hit))
                 else:
                     files.append(hit)
-            return files, _literal_prefix(path), False
+            return _Matched(files, _literal_prefix(path), False, walked)
         # No glob hit: the name may contain a literal "[" or "?", so try it as a plain path.
     try:
         info = fs.info(path)
     except FileNotFoundError:
         return None
     if info["type"] == "directory":
-        return sorted(fs.find(path)), path, False
-    return [path], posixpath.dirname(path), True
+        return _Matched(sorted(fs.find(path)), path, False, {path})
+    return _Matched([path], posixpath.dirname(path), True)
 
 
 def list_shards(pattern: str) -> list[Shard]:
@@ -226,7 +249,8 @@ def list_shards(pattern: str) -> list[Shard]:
             recursively; sidecars and other files in them are not shards.
 
     Returns:
-        Shards; folder images carry their sample key (see the module docstring).
+        Shards; folder images carry their sample key, and a tar with a same-stem ``.parquet``
+        beside it (img2dataset's sidecar) carries that file's URL instead of listing it.
 
     Raises:
         InputError: an expansion matched nothing or names a missing path, a file named
@@ -235,6 +259,7 @@ def list_shards(pattern: str) -> list[Shard]:
     if not pattern.strip():
         raise InputError("empty input: pass a directory, file, glob or fsspec URL")
     found: dict[str, tuple[str, str, str]] = {}  # uri -> (kind, path, key root)
+    sidecars = _Sidecars()
     problems: list[str] = []
     for expanded in expand_braces(pattern):
         fs, path = _filesystem(expanded)
@@ -243,7 +268,8 @@ def list_shards(pattern: str) -> list[Shard]:
             missing = "no input matched" if _has_magic(path) else "input path does not exist:"
             problems.append(f"{missing} {expanded!r}")
             continue
-        files, root, explicit = match
+        files, root, explicit = match.files, match.root, match.explicit
+        listed = set(files)
         usable = 0
         for file_path in files:
             kind = shard_kind(file_path)
@@ -251,7 +277,10 @@ def list_shards(pattern: str) -> list[Shard]:
                 logger.debug("skipping %s: not an image, tar or parquet file", file_path)
                 continue
             usable += 1
-            found.setdefault(fs.unstrip_protocol(file_path), (kind, file_path, root))
+            uri = fs.unstrip_protocol(file_path)
+            found.setdefault(uri, (kind, file_path, root))
+            if kind == "tar":
+                sidecars.look_up(fs, uri, file_path, listed, match.walked)
         if not usable:
             what = "is not an" if explicit else "holds no"
             problems.append(
@@ -261,10 +290,61 @@ def list_shards(pattern: str) -> list[Shard]:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         origin = "" if problems[0].endswith(f"{pattern!r}") else f" (from {pattern!r})"
         raise InputError("; ".join(problems[:3]) + more + origin)
-    return _build_shards(found)
+    paired = sidecars.owned
+    if paired:
+        logger.info("%d img2dataset sidecar .parquet files are read with their tars", len(paired))
+    found = {uri: item for uri, item in found.items() if uri not in paired}
+    return _build_shards(found, sidecars.of)
 
 
-def _build_shards(found: dict[str, tuple[str, str, str]]) -> list[Shard]:
+@dataclass(slots=True)
+class _Sidecars:
+    """Tar URI -> the URI of the same-stem ``.parquet`` beside it (img2dataset's sidecar).
+
+    A tar in a walked directory is looked up among the files already listed; any other tar (named,
+    or matched by a glob that left the sidecar out) costs one listing of its directory, once.
+    """
+
+    of: dict[str, str] = field(default_factory=dict)
+    owned: set[str] = field(default_factory=set)  # the values of `of`
+    _names: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+
+    def look_up(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        uri: str,
+        tar_path: str,
+        listed: set[str],
+        walked: set[str],
+    ) -> None:
+        path = sidecar_path(tar_path)
+        if path is None or uri in self.of:
+            return
+        if path in listed:
+            found = True
+        elif _under(tar_path, walked):
+            found = False  # every file of its directory is listed
+        else:
+            found = posixpath.basename(path) in self._directory(fs, posixpath.dirname(path))
+        sidecar = fs.unstrip_protocol(path) if found else None
+        if sidecar is not None and sidecar not in self.owned:  # x.tar, x.tar.gz: one owner
+            self.of[uri] = sidecar
+            self.owned.add(sidecar)
+
+    def _directory(self, fs: fsspec.AbstractFileSystem, directory: str) -> set[str]:
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        cache_key = (protocol, directory)
+        if cache_key not in self._names:
+            try:
+                listed = fs.ls(directory or ".", detail=False)
+            except OSError as exc:
+                logger.debug("cannot list %s for img2dataset sidecars: %s", directory, exc)
+                listed = []
+            self._names[cache_key] = {posixpath.basename(str(p).rstrip("/")) for p in listed}
+        return self._names[cache_key]
+
+
+def _build_shards(found: dict[str, tuple[str, str, str]], sidecars: dict[str, str]) -> list[Shard]:
     roots = {root for kind, _, root in found.values() if kind == "file"}
     protocols = {uri.split("://", 1)[0] for uri, (kind, _, _) in found.items() if kind == "file"}
     common: str | None = None
@@ -279,7 +359,7 @@ def _build_shards(found: dict[str, tuple[str, str, str]]) -> list[Shard]:
         key = None
         if kind == "file":
             key = posixpath.relpath(path, common) if common else path.lstrip("/")
-        shards.append(Shard(uri=uri, kind=kind, key=key))
+        shards.append(Shard(uri=uri, kind=kind, key=key, sidecar=sidecars.get(uri)))
     return shards
 
 
@@ -295,15 +375,18 @@ def iter_shard(shard: Shard, config: ReadConfig = DEFAULT_READ_CONFIG) -> Iterat
         config: Parquet column names and batch size.
 
     Yields:
-        One entry per sample. Damage becomes failure entries (``data is None``) with an error
-        code: ``read_error``, ``corrupt_tar``, ``corrupt_tar_header``, ``truncated_tar``,
-        ``no_image``, ``corrupt_parquet``, ``missing_column``, ``bad_column_type``,
-        ``missing_image``.
+        One entry per sample: a tar's, then its sidecar's failed rows. Damage becomes failure
+        entries (``data is None``) with an error code: ``read_error``, ``corrupt_tar``,
+        ``corrupt_tar_header``, ``truncated_tar``, ``no_image``, ``corrupt_parquet``,
+        ``missing_column``, ``bad_column_type``, ``missing_image``; a sample img2dataset failed
+        has its status as the code (``failed_to_download``, ``failed_to_resize``).
     """
     if shard.kind == "file":
         yield _read_file(shard)
     elif shard.kind == "tar":
         yield from iter_tar(shard)
+        if shard.sidecar is not None:
+            yield from iter_parquet(Shard(shard.sidecar, "parquet"), config, sidecar=True)
     else:
         yield from iter_parquet(shard, config)
 

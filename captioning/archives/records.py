@@ -1,7 +1,9 @@
-"""Records the shard readers share (Shard, ShardEntry, ReadConfig); read failure -> ShardEntry."""
+"""Records the shard readers share (Shard, ShardEntry, ReadConfig, SourceFields); read failure ->
+ShardEntry; ShardEntry -> the source's own fields as the tables store them (source_fields)."""
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,23 +33,33 @@ class Shard:
         kind: ``"tar"``, ``"parquet"`` or ``"file"`` (a single image from a folder input).
         key: for ``kind="file"``, the sample key ``list_shards`` derived from the input root;
             ``None`` for tar/parquet (and for a hand-built file shard: the basename is used).
+        sidecar: for ``kind="tar"``, the URL of the same-stem ``.parquet`` beside it (img2dataset
+            writes ``00000.tar`` with a ``00000.parquet`` of every sample it attempted); it is read
+            after the tar, for the rows the tar lacks (see ``iter_shard``). ``None``: no sidecar.
     """
 
     uri: str
     kind: str
     key: str | None = None
+    sidecar: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SHARD_KINDS:
             raise CaptioningError(f"Shard.kind must be one of {SHARD_KINDS}, got {self.kind!r}")
+        if self.sidecar is not None and self.kind != "tar":
+            raise CaptioningError(f"only a tar shard has a sidecar, not a {self.kind} shard")
 
 
 @dataclass(frozen=True, slots=True)
 class ShardEntry:
     """One image's bytes plus its sidecars, or a read failure (``data is None``, ``error`` set).
 
-    ``message`` is a one-line human message: the failure reason, or on a successful entry a
-    non-fatal note (an unparseable JSON sidecar, extra image members that were ignored).
+    ``caption`` is the source's own caption (a ``.txt`` sidecar, the caption column: for
+    img2dataset the original alt text) and ``metadata`` the source's other fields (a ``.json``
+    sidecar, the other scalar columns); a failure the source itself recorded (an img2dataset row
+    whose download failed) keeps both. ``message`` is a one-line human message: the failure
+    reason, or on a successful entry a non-fatal note (an unparseable JSON sidecar, extra image
+    members that were ignored).
     """
 
     key: str
@@ -86,13 +98,78 @@ class ReadConfig:
 DEFAULT_READ_CONFIG = ReadConfig()
 
 
+@dataclass(frozen=True, slots=True)
+class SourceFields:
+    """What the source says about an image besides its bytes, as the tables store it.
+
+    Attributes:
+        url: where the image came from: the ``url`` field of its metadata (img2dataset's).
+        alt_text: the source's own caption: the ``.txt`` sidecar or caption column, else the
+            metadata's ``caption`` (img2dataset: the original alt text, never our caption).
+        metadata: a JSON object of the remaining metadata fields (img2dataset: status,
+            error_message, width, height, original_width, original_height, exif, sha256 and any
+            --save_additional_columns), keys sorted, null fields left out; None when none are
+            left. Fields that have their own column are left out when they say the same (url,
+            caption, the key).
+    """
+
+    url: str | None
+    alt_text: str | None
+    metadata: str | None
+
+
+def source_fields(entry: ShardEntry) -> SourceFields:
+    """An entry's url, alt text and remaining metadata (see SourceFields)."""
+    meta = dict(entry.metadata or {})
+    raw_url = meta.pop("url", None)
+    url = (raw_url.strip() or None) if isinstance(raw_url, str) else None
+    if raw_url is not None and not isinstance(raw_url, str):
+        meta["url"] = raw_url  # not a link: keep it as it was given
+    raw_caption = meta.get("caption")
+    listed = _caption(raw_caption) if isinstance(raw_caption, str) else None
+    alt_text = entry.caption if entry.caption is not None else listed
+    if raw_caption is None or (listed is not None and listed == alt_text):
+        meta.pop("caption", None)
+    if "key" in meta and str(meta["key"]) == entry.key:
+        del meta["key"]
+    meta = {name: value for name, value in meta.items() if value is not None}
+    if not meta:
+        return SourceFields(url, alt_text, None)
+    metadata = json.dumps(
+        _jsonable(meta), sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    )
+    return SourceFields(url, alt_text, metadata)
+
+
+def _jsonable(value: Any) -> Any:
+    """Parquet values (dates, decimals, NaN) -> what strict JSON holds; other types as text."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
 def _failure(
-    shard: Shard, key: str, member: str, error: str, message: str, level: int = logging.WARNING
+    shard: Shard,
+    key: str,
+    member: str,
+    error: str,
+    message: str,
+    level: int = logging.WARNING,
+    caption: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> ShardEntry:
     """A failure entry; per-sample reasons that can be frequent log at DEBUG (counters count)."""
     message = _one_line(message)
     logger.log(level, "%s [%s] %s: %s", shard.uri, key, error, message)
-    return ShardEntry(key, shard.uri, member, None, None, None, error=error, message=message)
+    return ShardEntry(key, shard.uri, member, None, caption, metadata, error=error, message=message)
 
 
 def _one_line(text: str) -> str:

@@ -26,6 +26,7 @@ from apache_beam.runners.runner import PipelineState
 
 from indexing.assemble import (
     INDEX_COLUMNS,
+    SOURCE_COLUMNS,
     CaptionText,
     EmbeddedCaption,
     caption_text,
@@ -127,12 +128,18 @@ def find_caption_files(captions_dir: str) -> CaptionFiles:
     raise UsageError(f"no caption files under {captions_dir}: run `imgindex caption` first")
 
 
-def check_caption_columns(paths: Iterable[str]) -> None:
+def check_caption_columns(paths: Iterable[str]) -> tuple[str, ...]:
     """Check that every caption file has string columns INDEX_COLUMNS (reads footers only).
 
+    Returns:
+        The columns to read: INDEX_COLUMNS, then the SOURCE_COLUMNS (url, alt_text, metadata)
+        that every file has as strings; a caption run written before them has none, and its
+        entries get None for them.
+
     Raises:
-        ValueError: a file is not Parquet, lacks a column or has one of another type.
+        UsageError: a file is not Parquet, lacks a column or has one of another type.
     """
+    carried = set(SOURCE_COLUMNS)
     for path in paths:
         try:
             with FileSystems.open(path) as stream:
@@ -146,9 +153,17 @@ def check_caption_columns(paths: Iterable[str]) -> None:
                 "point --captions at a caption run's output"
             )
         for name in INDEX_COLUMNS:
-            kind = schema.field(name).type
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            if not _is_string(schema.field(name).type):
+                kind = schema.field(name).type
                 raise UsageError(f"caption file {path}: column {name} is {kind}, expected string")
+        carried &= {n for n in schema.names if _is_string(schema.field(n).type)}
+    if left_out := [name for name in SOURCE_COLUMNS if name not in carried]:
+        logger.info("indexing without %s: not in every caption file", ", ".join(left_out))
+    return (*INDEX_COLUMNS, *(name for name in SOURCE_COLUMNS if name in carried))
+
+
+def _is_string(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 def check_out_dir(out_dir: str, overwrite: bool) -> None:
@@ -216,7 +231,7 @@ def build_index_pipeline(p: beam.Pipeline, config: IndexConfig) -> beam.PCollect
     """
     check_out_dir(config.out_dir, config.overwrite)
     files = find_caption_files(config.captions_dir)
-    check_caption_columns(files.paths)
+    columns = check_caption_columns(files.paths)
     embedder = resolve_embedder(config.embedder)
     logger.info(
         "indexing %d caption files (%s) with %s", len(files.paths), files.pattern, embedder.name
@@ -224,7 +239,7 @@ def build_index_pipeline(p: beam.Pipeline, config: IndexConfig) -> beam.PCollect
     handler = SentenceEmbeddingHandler(embedder.name, embedder.sha256, config.batch_size)
     return (
         p
-        | "ReadCaptions" >> ReadFromParquet(files.pattern, columns=list(INDEX_COLUMNS))
+        | "ReadCaptions" >> ReadFromParquet(files.pattern, columns=list(columns))
         | "ToCaptionText" >> beam.ParDo(ToCaptionText())
         | "EmbedCaptions" >> RunInference(handler)
         # One flat index needs every vector in one process. ToList holds them all in memory

@@ -101,6 +101,56 @@ def test_read_failure_keeps_the_readers_reason_and_message():
     assert read_failure(entry(None), "r").error_type == "read_error"
 
 
+IMG2DATASET_META = {
+    "url": "https://example.com/cat.jpg",
+    "caption": "A cat on a mat",
+    "key": "k",
+    "status": "success",
+    "error_message": None,
+    "original_width": 640,
+    "original_height": 480,
+}
+SOURCE = ("https://example.com/cat.jpg", "A cat on a mat")
+
+
+def test_source_fields_ride_from_the_entry_to_the_input_and_its_rows():
+    data = encoded("JPEG")
+    source = ShardEntry("k", "file:///s.tar", "k.jpg", data, "A cat on a mat", IMG2DATASET_META)
+    for pass_jpeg in (False, True):
+        x = decode_entry(source, CONFIG, "run", preprocess, pass_jpeg=pass_jpeg)
+        assert isinstance(x, ImageInput)
+        assert (x.url, x.alt_text) == SOURCE
+        assert x.metadata == ('{"original_height":480,"original_width":640,"status":"success"}')
+        row = result_row(x, OK, "r", "tiny", "t1", "T")
+        assert isinstance(row, CaptionRow)
+        assert (row.url, row.alt_text, row.metadata) == (*SOURCE, x.metadata)
+        assert row.caption == OK.caption  # the model's caption; the source's is alt_text
+        failed = result_row(x, CaptionFailure("RuntimeError", "boom"), "r", "tiny", "t1")
+        assert (failed.url, failed.alt_text, failed.metadata) == (*SOURCE, x.metadata)
+    broken = decode_entry(
+        ShardEntry("k", "s", "m", b"", None, IMG2DATASET_META), CONFIG, "run", preprocess
+    )
+    assert isinstance(broken, FailureRow) and (broken.url, broken.alt_text) == SOURCE
+
+
+def test_a_sample_img2dataset_failed_is_a_read_failure_with_its_status_and_source():
+    meta = {**IMG2DATASET_META, "status": "failed_to_download", "error_message": "HTTP 404"}
+    failed = ShardEntry(
+        "k",
+        "file:///00000.parquet",
+        "row 3",
+        None,
+        "A cat on a mat",
+        meta,
+        error="failed_to_download",
+        message="HTTP 404",
+    )
+    row = read_failure(failed, "r")
+    assert (row.stage, row.error_type, row.message) == ("read", "failed_to_download", "HTTP 404")
+    assert (row.url, row.alt_text) == SOURCE
+    assert row.metadata is not None and '"error_message":"HTTP 404"' in row.metadata
+
+
 # --------------------------------------------------------------------------- caption
 
 
