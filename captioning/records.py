@@ -13,7 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
-STAGES = ("read", "decode", "caption")
+# "source": the archive's maker never got the image (img2dataset's failed downloads); such rows
+# keep read == captioned + failed against the maker's own counts but are not our failures.
+STAGES = ("source", "read", "decode", "caption")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,7 @@ class FailureRow:
     key: str
     source: str
     member: str
-    stage: str  # read | decode | caption
+    stage: str  # source | read | decode | caption (STAGES)
     error_type: str  # a short stable code: truncated, decompression_bomb, corrupt_tar, ...
     message: str  # one human line
     run_id: str

@@ -44,16 +44,17 @@ def one_line(e: BaseException) -> str:
 
 
 def read_failure(entry: ShardEntry, run_id: str) -> FailureRow:
-    """An entry the reader could not read (`entry.data is None`) -> its read FailureRow, with
-    what the source said about the image (an img2dataset row it could not download keeps its
-    url, alt text and metadata)."""
+    """An entry the reader could not read (`entry.data is None`) -> its FailureRow (stage
+    "read", or "source" for an image the archive's maker never got), with what the source said
+    about the image (an img2dataset row it could not download keeps its url, alt text and
+    metadata)."""
     reason = entry.error or "read_error"
     fields = source_fields(entry)
     return FailureRow(
         entry.key,
         entry.source,
         entry.member,
-        "read",
+        entry.stage,
         reason,
         entry.message or reason,
         run_id,

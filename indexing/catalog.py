@@ -10,7 +10,6 @@ never read: their catalog rows arrive as "carry" presences instead of read ones.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +70,7 @@ class Presence:
     carried: bool = False
     error_type: str | None = None  # a read failure
     message: str | None = None
+    stage: str | None = None  # of a failure: "read", or "source" (the archive never had it)
     url: str | None = None
     alt_text: str | None = None
     metadata: str | None = None
@@ -96,12 +96,6 @@ def fingerprint(info: Mapping[str, Any]) -> str:
 
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def metadata_json(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 def decide(
@@ -154,7 +148,7 @@ def _decide_one(
             **empty_row(key),
             **_source(now),
             "status": "failed",
-            "stage": "read",
+            "stage": now.get("stage") or "read",
             "error_type": now["error_type"],
             "message": now.get("message") or now["error_type"],
             "action": "new" if prev is None else "changed",

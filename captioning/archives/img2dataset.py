@@ -22,7 +22,7 @@ import logging
 import posixpath
 from typing import Any
 
-from captioning.archives.records import TAR_EXTENSIONS, Shard, ShardEntry, _failure
+from captioning.archives.records import TAR_EXTENSIONS, Shard, ShardEntry, failure_entry
 
 SUCCESS = "success"
 # Both columns, side by side, are what tells img2dataset's rows from another table's "status".
@@ -60,4 +60,6 @@ def status_failure(
     if status is None or status == SUCCESS:
         return None
     message = values.get("error_message") or f"img2dataset status {status}"
-    return _failure(shard, key, member, str(status), str(message), logging.DEBUG, caption, metadata)
+    return failure_entry(
+        shard, key, member, str(status), str(message), logging.DEBUG, caption, metadata, "source"
+    )

@@ -54,9 +54,9 @@ from captioning.archives.records import (
     Shard,
     ShardEntry,
     SourceFields,
-    _caption,
-    _failure,
-    _metadata,
+    failure_entry,
+    parse_metadata,
+    sidecar_caption,
     source_fields,
 )
 from captioning.archives.tar import iter_tar
@@ -398,7 +398,7 @@ def _read_file(shard: Shard) -> ShardEntry:
     try:
         data = fs.cat_file(path)
     except OSError as exc:
-        return _failure(shard, key, key, "read_error", f"cannot read {shard.uri}: {exc}")
+        return failure_entry(shard, key, key, "read_error", f"cannot read {shard.uri}: {exc}")
     stem = posixpath.join(directory, name.rsplit(".", 1)[0])
     sidecars: dict[str, bytes | None] = {}
     notes = []
@@ -410,14 +410,14 @@ def _read_file(shard: Shard) -> ShardEntry:
         except OSError as exc:
             sidecars[ext] = None
             notes.append(f"cannot read .{ext} sidecar: {exc}")
-    metadata, note = _metadata(sidecars["json"], ".json sidecar")
+    metadata, note = parse_metadata(sidecars["json"], ".json sidecar")
     notes.extend([note] if note else [])
     return ShardEntry(
         key,
         shard.uri,
         key,
         data,
-        _caption(sidecars["txt"]),
+        sidecar_caption(sidecars["txt"]),
         metadata,
         message="; ".join(notes) or None,
     )

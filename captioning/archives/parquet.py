@@ -22,9 +22,9 @@ from captioning.archives.records import (
     ReadConfig,
     Shard,
     ShardEntry,
-    _caption,
-    _failure,
-    _metadata,
+    failure_entry,
+    parse_metadata,
+    sidecar_caption,
 )
 
 # The readers log under the public module's name, as they did before the split into modules.
@@ -51,14 +51,14 @@ def iter_parquet(shard: Shard, config: ReadConfig, sidecar: bool = False) -> Ite
     try:
         f = fsspec.open(shard.uri, "rb").open()
     except OSError as exc:
-        yield _failure(shard, SHARD_KEY, "", "read_error", f"cannot open {shard.uri}: {exc}")
+        yield failure_entry(shard, SHARD_KEY, "", "read_error", f"cannot open {shard.uri}: {exc}")
         return
     with f:
         try:
             parquet = pq.ParquetFile(f)
             schema = parquet.schema_arrow
         except (pa.ArrowException, OSError) as exc:
-            yield _failure(
+            yield failure_entry(
                 shard, SHARD_KEY, "", "corrupt_parquet", f"not a readable parquet: {exc}"
             )
             return
@@ -76,11 +76,11 @@ def iter_parquet(shard: Shard, config: ReadConfig, sidecar: bool = False) -> Ite
                 f"no image column {image!r}; columns are {schema.names}: "
                 "select another with --image-column"
             )
-            yield _failure(shard, SHARD_KEY, "", "missing_column", message)
+            yield failure_entry(shard, SHARD_KEY, "", "missing_column", message)
             return
         if not _is_binary(schema.field(image).type):
             message = f"image column {image!r} holds {schema.field(image).type}, not bytes"
-            yield _failure(shard, SHARD_KEY, "", "bad_column_type", message)
+            yield failure_entry(shard, SHARD_KEY, "", "bad_column_type", message)
             return
         yield from _parquet_rows(shard, parquet, schema, config, stem, images=True)
 
@@ -117,11 +117,13 @@ def _parquet_rows(
                     # Which of a sidecar's lost rows img2dataset failed is unknown (the others
                     # are images beside it): one failure stands for them.
                     lost_rows = f"rows {row}-{group_end - 1}: {message}"
-                    yield _failure(shard, CORRUPT_KEY, "", "corrupt_parquet", lost_rows)
+                    yield failure_entry(shard, CORRUPT_KEY, "", "corrupt_parquet", lost_rows)
                     break
                 for lost in range(row, group_end):
                     key, member = f"{stem}-{lost:09d}", f"row {lost}"
-                    yield _failure(shard, key, member, "corrupt_parquet", message, logging.DEBUG)
+                    yield failure_entry(
+                        shard, key, member, "corrupt_parquet", message, logging.DEBUG
+                    )
                 break
             if rows is None:
                 break
@@ -149,17 +151,17 @@ def _parquet_entry(
     key = str(key_value) if key_value is not None else f"{stem}-{row:09d}"
     member = f"row {row}"
     metadata: dict[str, Any] | None = {name: values[name] for name in extras} or None
-    parsed, note = _metadata(values.get("json"), "'json' column")
+    parsed, note = parse_metadata(values.get("json"), "'json' column")
     if parsed is not None:
         metadata = {**(metadata or {}), **parsed}
-    caption = _caption(values.get(config.caption_column))
+    caption = sidecar_caption(values.get(config.caption_column))
     failed = status_failure(shard, key, member, values, caption, metadata) if img2dataset else None
     if failed is not None or not images:
         return failed  # a sidecar's success row: its image is read from beside the sidecar
     data = values[config.image_column]
     if data is None:
         message = f"null {config.image_column!r}"
-        return _failure(
+        return failure_entry(
             shard, key, member, "missing_image", message, logging.DEBUG, caption, metadata
         )
     return ShardEntry(key, shard.uri, member, data, caption, metadata, message=note)

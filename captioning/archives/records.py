@@ -70,6 +70,9 @@ class ShardEntry:
     metadata: dict[str, Any] | None
     error: str | None = None
     message: str | None = None
+    # The stage a failure belongs to: "read" (we could not read it) or "source" (the archive's
+    # maker never got the image: an img2dataset row whose download failed).
+    stage: str = "read"
 
     @property
     def failed(self) -> bool:
@@ -126,7 +129,7 @@ def source_fields(entry: ShardEntry) -> SourceFields:
     if raw_url is not None and not isinstance(raw_url, str):
         meta["url"] = raw_url  # not a link: keep it as it was given
     raw_caption = meta.get("caption")
-    listed = _caption(raw_caption) if isinstance(raw_caption, str) else None
+    listed = sidecar_caption(raw_caption) if isinstance(raw_caption, str) else None
     alt_text = entry.caption if entry.caption is not None else listed
     if raw_caption is None or (listed is not None and listed == alt_text):
         meta.pop("caption", None)
@@ -156,7 +159,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _failure(
+def failure_entry(
     shard: Shard,
     key: str,
     member: str,
@@ -165,11 +168,14 @@ def _failure(
     level: int = logging.WARNING,
     caption: str | None = None,
     metadata: dict[str, Any] | None = None,
+    stage: str = "read",
 ) -> ShardEntry:
     """A failure entry; per-sample reasons that can be frequent log at DEBUG (counters count)."""
     message = _one_line(message)
     logger.log(level, "%s [%s] %s: %s", shard.uri, key, error, message)
-    return ShardEntry(key, shard.uri, member, None, caption, metadata, error=error, message=message)
+    return ShardEntry(
+        key, shard.uri, member, None, caption, metadata, error=error, message=message, stage=stage
+    )
 
 
 def _one_line(text: str) -> str:
@@ -177,14 +183,14 @@ def _one_line(text: str) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
-def _caption(raw: bytes | str | None) -> str | None:
+def sidecar_caption(raw: bytes | str | None) -> str | None:
     if raw is None:
         return None
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
     return text.strip() or None
 
 
-def _metadata(raw: bytes | str | None, what: str) -> tuple[dict[str, Any] | None, str | None]:
+def parse_metadata(raw: bytes | str | None, what: str) -> tuple[dict[str, Any] | None, str | None]:
     """Parse a JSON object; an unparseable one is a note, not a failure of the image."""
     if raw is None:
         return None, None

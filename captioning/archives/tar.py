@@ -18,9 +18,9 @@ from captioning.archives.records import (
     UNREADABLE_KEY,
     Shard,
     ShardEntry,
-    _caption,
-    _failure,
-    _metadata,
+    failure_entry,
+    parse_metadata,
+    sidecar_caption,
 )
 
 # The readers log under the public module's name, as they did before the split into modules.
@@ -52,9 +52,9 @@ class _Sample:
         if role == "image":
             self.data, self.member = payload, name
         elif role == "caption":
-            self.caption = _caption(payload)
+            self.caption = sidecar_caption(payload)
         else:
-            self.metadata, note = _metadata(payload, f"{name} sidecar")
+            self.metadata, note = parse_metadata(payload, f"{name} sidecar")
             self.notes.extend([note] if note else [])
         self.member = self.member or name
 
@@ -62,9 +62,9 @@ class _Sample:
         if self.data is None:
             if self.damaged:
                 reason = f"damaged tar header for {', '.join(self.damaged)}; no image member read"
-                return _failure(shard, self.key, self.damaged[0], "corrupt_tar_header", reason)
+                return failure_entry(shard, self.key, self.damaged[0], "corrupt_tar_header", reason)
             reason = "sample has no image member"
-            return _failure(shard, self.key, self.member, "no_image", reason, logging.DEBUG)
+            return failure_entry(shard, self.key, self.member, "no_image", reason, logging.DEBUG)
         message = "; ".join(self.notes) or None
         return ShardEntry(
             self.key,
@@ -146,7 +146,7 @@ def iter_tar(shard: Shard) -> Iterator[ShardEntry]:
     try:
         f = fsspec.open(shard.uri, "rb").open()
     except OSError as exc:
-        yield _failure(shard, SHARD_KEY, "", "read_error", f"cannot open {shard.uri}: {exc}")
+        yield failure_entry(shard, SHARD_KEY, "", "read_error", f"cannot open {shard.uri}: {exc}")
         return
     problems: list[_HeaderProblem] = []
     with f:
@@ -155,7 +155,7 @@ def iter_tar(shard: Shard) -> Iterator[ShardEntry]:
                 fileobj=f, mode="r|*", tarinfo=_recording_tarinfo(problems), ignore_zeros=True
             )
         except _READ_ERRORS as exc:
-            yield _failure(shard, SHARD_KEY, "", "corrupt_tar", f"not a readable tar: {exc}")
+            yield failure_entry(shard, SHARD_KEY, "", "corrupt_tar", f"not a readable tar: {exc}")
             return
         with tar:
             yield from _tar_samples(shard, tar, problems)
@@ -232,7 +232,7 @@ def _damaged_header(
         split = _split_member(problem.name) if problem.name else None
         where = f"damaged tar header at byte {problem.offset} ({problem.error})"
         if split is None:
-            yield _failure(
+            yield failure_entry(
                 samples.shard,
                 f"<corrupt@{problem.offset}>",
                 problem.name or f"header at byte {problem.offset}",
@@ -283,9 +283,9 @@ def _abort(
         error, placeholder = "read_error", UNREADABLE_KEY
         message = f"reading stopped after member {member or '(none)'}: {exc}"
     if pending is not None and pending.data is None:
-        yield _failure(shard, pending.key, member, error, message)
+        yield failure_entry(shard, pending.key, member, error, message)
         return
     if pending is not None:
         yield pending.entry(shard)
     # No member: `member` may be the image just yielded, and (source, member) names one image.
-    yield _failure(shard, placeholder, "", error, message)
+    yield failure_entry(shard, placeholder, "", error, message)

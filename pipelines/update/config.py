@@ -59,7 +59,8 @@ class UpdateCounts:
     stale: int = 0  # unchanged bytes captioned by another model version
     reused: int = 0  # captions found in the caption cache (same bytes, same model version)
     captioned: int = 0
-    failed: int = 0  # new failures tonight (read, decode, caption, duplicate keys)
+    failed: int = 0  # new failures tonight (read, decode, caption, duplicate keys, source)
+    unavailable: int = 0  # of those, images the archive's maker never got (stage "source")
     deferred: int = 0  # left for a later night by --max-images
     duplicates: int = 0
     shards_listed: int = 0

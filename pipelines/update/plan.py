@@ -24,8 +24,8 @@ from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
 from apache_beam.metrics import Metrics
 
 from captioning.archives.listing import iter_shard
-from captioning.archives.records import ReadConfig, Shard, ShardEntry
-from indexing.catalog import PLAN_SCHEMA, Presence, decide, metadata_json, with_caption
+from captioning.archives.records import ReadConfig, Shard, ShardEntry, source_fields
+from indexing.catalog import PLAN_SCHEMA, Presence, decide, with_caption
 
 NAMESPACE = "imgindex.update"
 
@@ -34,22 +34,14 @@ def presence_of(entry: ShardEntry) -> Presence:
     """A read entry -> its Presence (bytes hashed, not kept). Entries that belong to no sample
     (a broken shard: key "<shard>", "<truncated>", ...) get a key unique to their shard."""
     key = entry.key if not entry.key.startswith("<") else f"{entry.source}#{entry.key}"
-    metadata = entry.metadata or {}
-    source = {
-        "url": _text(metadata.get("url")),
-        "alt_text": entry.caption,
-        "metadata": metadata_json(entry.metadata),
-    }
+    fields = source_fields(entry)  # the same url / alt_text / metadata as the captions table
+    source = {"url": fields.url, "alt_text": fields.alt_text, "metadata": fields.metadata}
     if entry.data is None:
         reason = entry.error or "read_error"
-        return Presence(key, entry.source, entry.member, error_type=reason,
+        return Presence(key, entry.source, entry.member, error_type=reason, stage=entry.stage,
                         message=entry.message or reason, **source)  # fmt: skip
     digest = hashlib.sha256(entry.data).hexdigest()
     return Presence(key, entry.source, entry.member, digest, len(entry.data), **source)
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 class ReadPresences(beam.DoFn):

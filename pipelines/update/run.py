@@ -207,11 +207,12 @@ class _Night:
             )
 
     def _check_failure_rate(self, tally: UpdateCounts) -> None:
-        tried = tally.captioned + tally.failed
+        failed = tally.failed - tally.unavailable  # not ours: the archive never had them
+        tried = tally.captioned + failed
         limit = self.config.caption.max_failure_rate
-        if tried and tally.failed / tried > limit:
+        if tried and failed / tried > limit:
             raise JobFailed(
-                f"{tally.failed} of {tried} images failed tonight ({tally.failed / tried:.0%}), "
+                f"{failed} of {tried} images failed tonight ({failed / tried:.0%}), "
                 f"over --max-failure-rate {limit}: nothing was published; the failures are in "
                 f"{self.col.url(FAILURES_DIR)}"
             )
@@ -281,6 +282,12 @@ class _Night:
                 pc.invert(plan.column("needs_caption")),
             )
         ).num_rows
+        unavailable = plan.filter(
+            pc.and_(
+                pc.equal(plan.column("stage"), "source"),
+                pc.is_in(plan.column("action"), pa.array(["new", "changed"])),
+            )
+        ).num_rows
         listed = sum(v for k, v in counts.items() if k != "deleted")
         return UpdateCounts(
             listed=listed,
@@ -292,6 +299,7 @@ class _Night:
             reused=reused,
             captioned=done["captioned"],
             failed=done["failed"] + failed_reads,
+            unavailable=unavailable,
             deferred=work.deferred,
             duplicates=counts.get("duplicate", 0),
             shards_listed=len(self.shards),

@@ -144,9 +144,10 @@ def test_a_sample_img2dataset_failed_is_a_read_failure_with_its_status_and_sourc
         meta,
         error="failed_to_download",
         message="HTTP 404",
+        stage="source",
     )
     row = read_failure(failed, "r")
-    assert (row.stage, row.error_type, row.message) == ("read", "failed_to_download", "HTTP 404")
+    assert (row.stage, row.error_type, row.message) == ("source", "failed_to_download", "HTTP 404")
     assert (row.url, row.alt_text) == SOURCE
     assert row.metadata is not None and '"error_message":"HTTP 404"' in row.metadata
 

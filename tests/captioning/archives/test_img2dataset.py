@@ -271,3 +271,15 @@ def test_shard_sidecar_is_only_for_tars() -> None:
     assert sidecar_path("/d/00000.tar") == "/d/00000.parquet"
     assert sidecar_path("/d/x.tar.gz") == "/d/x.parquet"
     assert sidecar_path("/d/x.parquet") is None
+
+
+def test_failed_downloads_belong_to_the_source_stage(tmp_path: Path) -> None:
+    """img2dataset's own failures are the archive's, not a read error of ours: stage "source"
+    (they keep read == captioned + failed, and stay out of --max-failure-rate)."""
+    from captioning.archives.listing import iter_shard, list_shards
+
+    write_img2dataset(tmp_path / "out", "webdataset")
+    entries = [e for s in list_shards(str(tmp_path / "out")) for e in iter_shard(s)]
+    failed = [e for e in entries if e.failed]
+    assert failed and {e.stage for e in failed} == {"source"}
+    assert {e.stage for e in entries if not e.failed} == {"read"}

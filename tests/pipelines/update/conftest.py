@@ -20,7 +20,14 @@ def make_archive(root: Path, images: int, fmt: str = "folder", shards: int = 1, 
                  start: int = 0) -> Path:  # fmt: skip
     write_archive(
         str(root),
-        ArchiveConfig(images=images, shards=shards, seed=seed, format=fmt, workers=1, start=start,
-                      image_format="png"),  # fmt: skip
+        ArchiveConfig(
+            images=images,
+            shards=shards,
+            seed=seed,
+            format=fmt,
+            workers=1,
+            start=start,
+            image_format="png",
+        ),  # fmt: skip
     )
     return root

@@ -40,8 +40,9 @@ def _reached(root: Path, point: str, before: set[str]) -> bool:
         return (root / LOCK_FILE).exists()
     if point == "publish":
         return any(e.name.startswith(TMP_PREFIX) for e in os.scandir(root / VERSIONS_DIR))
-    sub = root / CAPTIONS_DIR
-    return sub.exists() and any(e.name not in before for e in os.scandir(sub))
+    sub = root / CAPTIONS_DIR  # a whole cache file, renamed into place
+    fresh = (e.name for e in os.scandir(sub) if e.name not in before)
+    return sub.exists() and any(not name.startswith(TMP_PREFIX) for name in fresh)
 
 
 def _kill_at(point: str, archive: Path, root: Path, model: Path, embedder: Path) -> None:

@@ -180,8 +180,15 @@ def test_one_writer_at_a_time(
             update(archive, root, tiny_caption_model, tiny_embedder_dir)
     # a lock left by a process that died is taken over, and the summary says so
     (root / "LOCK").write_text(
-        json.dumps({"host": os.uname().nodename, "pid": 2**22 + 17, "token": "x",
-                    "started_at": "2026-01-01T00:00:00+00:00", "heartbeat": 0})  # fmt: skip
+        json.dumps(
+            {
+                "host": os.uname().nodename,
+                "pid": 2**22 + 17,
+                "token": "x",
+                "started_at": "2026-01-01T00:00:00+00:00",
+                "heartbeat": 0,
+            }
+        )  # fmt: skip
     )
     make_archive(archive, 1, start=40, seed=8)
     night = update(archive, root, tiny_caption_model, tiny_embedder_dir)
