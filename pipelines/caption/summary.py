@@ -46,7 +46,11 @@ class RunSummary:
 
     @property
     def failure_rate(self) -> float:
-        return self.failed_total / self.read if self.read else 0.0
+        """Failed / read, leaving out images the archive's maker never got (stage "source"):
+        those failed before this job, and big web archives miss a third of theirs."""
+        upstream = self.failed_by_stage.get("source", 0)
+        tried = self.read - upstream
+        return (self.failed_total - upstream) / tried if tried else 0.0
 
     @property
     def failure_rate_exceeded(self) -> bool:
