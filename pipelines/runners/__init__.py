@@ -1,0 +1,1 @@
+"""Beam runners we ship fixed versions of; `pipelines.options` maps their `--runner` names here."""
