@@ -5,15 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
-from tests.indexing._helpers import build_tiny_sentence_transformer
-
-
-@pytest.fixture(scope="session")
-def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sentence_transformer(tmp_path_factory.mktemp("embedder") / "tiny-st")
 
 
 def make_archive(root: Path, images: int, fmt: str = "folder", shards: int = 1, seed: int = 3,

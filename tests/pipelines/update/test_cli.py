@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def _update(archive: Path, root: Path, model: Path, embedder: Path, *extra: str):
-    return imgindex("update", str(archive), "--collection", str(root), "--model", str(model),
-                    "--embedder", str(embedder), "--device", "cpu", "--beam-size", "1", *extra)  # fmt: skip
+    flags = ["--model", str(model), "--embedder", str(embedder), "--device", "cpu"]
+    return imgindex("update", str(archive), "--collection", str(root), *flags, "--beam-size", "1",
+                    *extra)  # fmt: skip
 
 
 def test_update_versions_rollback_and_search(
