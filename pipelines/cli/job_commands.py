@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 BEAM_ARGS_HELP = (
     "Beam pipeline options go after `--`. Jobs run on Beam's local in-process runner "
     "(FnApiRunner) unless told otherwise, e.g. -- --direct_num_workers=2 "
-    "--direct_running_mode=multi_processing, or -- --runner DataflowRunner --project P "
-    "--region R --temp_location gs://BUCKET/tmp"
+    "--direct_running_mode=multi_processing, -- --runner DaskRunner --dask_client_address "
+    "tcp://HOST:8786, or -- --runner DataflowRunner --project P --region R --temp_location "
+    "gs://BUCKET/tmp (docs/runners.md)"
 )
 BEAM_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 

@@ -64,6 +64,8 @@ def _set_up_logging() -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger().addFilter(_hide_beam_gcp_warning)  # the same filter is added only once
+    # --runner DaskRunner: dask.distributed logs every worker start at INFO
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.root.level))
 
 
 def _one_line(e: BaseException) -> str:
