@@ -89,9 +89,42 @@ def build_pipeline(
     Args:
         on_model_load: passed to CaptionModelHandler as `on_load`.
     """
+    captions, failures = caption_steps(
+        p | "ListShards" >> beam.Create(shards),
+        config,
+        run_id,
+        (model_name, model_version),
+        progress_dir,
+        on_model_load,
+    )
+    _ = captions | "WriteCaptions" >> WriteToParquet(
+        f"{config.out}/captions/part", CAPTION_SCHEMA, file_name_suffix=".parquet"
+    )
+    _ = (
+        failures
+        | "MergeFailures" >> beam.Flatten()
+        | "FailureDicts" >> beam.ParDo(CountFailures(progress_dir))
+        | "WriteFailures"
+        >> WriteToParquet(
+            f"{config.out}/failures/part", FAILURE_SCHEMA, file_name_suffix=".parquet"
+        )
+    )
+
+
+def caption_steps(
+    work: beam.PCollection,
+    config: CaptionConfig,
+    run_id: str,
+    model: tuple[str, str],
+    progress_dir: str | None,
+    on_model_load: Callable[[Captioner], None] | None = None,
+) -> tuple[beam.PCollection, tuple[beam.PCollection, ...]]:
+    """Reshuffle -> ReadShards -> DecodeImages -> CaptionImages -> ToRows over `work` (shards, or
+    (shard, members wanted) pairs): the caption dicts, and the three failure outputs (read,
+    decode, caption) for the caller to merge. The caption job and the update's caption job share
+    these steps and their labels; `model` is the (name, version) every row records."""
     read = (
-        p
-        | "ListShards" >> beam.Create(shards)
+        work
         | "Reshuffle" >> beam.Reshuffle()
         | "ReadShards"
         >> beam.ParDo(ReadShard(config.read, run_id)).with_outputs(FAILURES, main="entries")
@@ -113,22 +146,9 @@ def build_pipeline(
         decoded.images
         | "CaptionImages" >> RunInference(handler)
         | "ToRows"
-        >> beam.ParDo(ToRows(run_id, model_name, model_version, progress_dir)).with_outputs(
-            FAILURES, main="captions"
-        )
+        >> beam.ParDo(ToRows(run_id, *model, progress_dir)).with_outputs(FAILURES, main="captions")
     )
-    _ = rows.captions | "WriteCaptions" >> WriteToParquet(
-        f"{config.out}/captions/part", CAPTION_SCHEMA, file_name_suffix=".parquet"
-    )
-    _ = (
-        (read[FAILURES], decoded[FAILURES], rows[FAILURES])
-        | "MergeFailures" >> beam.Flatten()
-        | "FailureDicts" >> beam.ParDo(CountFailures(progress_dir))
-        | "WriteFailures"
-        >> WriteToParquet(
-            f"{config.out}/failures/part", FAILURE_SCHEMA, file_name_suffix=".parquet"
-        )
-    )
+    return rows.captions, (read[FAILURES], decoded[FAILURES], rows[FAILURES])
 
 
 def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:

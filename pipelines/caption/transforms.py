@@ -47,14 +47,17 @@ def stage_ns(stage: str) -> str:
 
 
 class ReadShard(beam.DoFn):
-    """Shard -> its entries, streamed; an entry that could not be read goes to FAILURES."""
+    """Shard -> its entries, streamed; an entry that could not be read goes to FAILURES.
+
+    A (shard, members) pair reads only those members (the update captions what changed)."""
 
     def __init__(self, config: ReadConfig, run_id: str):
         self._config, self._run_id = config, run_id
         self._read = Metrics.counter(NAMESPACE, "read")
         self._ns = Metrics.counter(NAMESPACE, stage_ns("read"))
 
-    def process(self, shard: Shard) -> Iterator:
+    def process(self, work: Shard | tuple[Shard, frozenset[str]]) -> Iterator:
+        shard, members = work if isinstance(work, tuple) else (work, None)
         entries = iter_shard(shard, self._config)
         while True:
             started = perf_counter_ns()  # time in the reader only, not in fused downstream work
@@ -62,6 +65,8 @@ class ReadShard(beam.DoFn):
             self._ns.inc(perf_counter_ns() - started)
             if entry is None:
                 return
+            if members is not None and entry.member not in members:
+                continue
             self._read.inc()
             if entry.data is None:
                 yield beam.pvalue.TaggedOutput(FAILURES, read_failure(entry, self._run_id))

@@ -127,41 +127,69 @@ def assemble_catalog(
     return table, counts
 
 
+class EmbedderLoader:
+    """The text embedder, loaded on first use (seconds: sentence-transformers and its weights),
+    so a night whose caption texts were all embedded before never loads it. (Loading it on a
+    thread during the caption job was measured: no faster, the two contend for the GIL.)"""
+
+    def __init__(self, resolved: ResolvedEmbedder):
+        self.resolved = resolved
+        self._model: TextEmbedder | None = None
+
+    def get(self) -> TextEmbedder:
+        if self._model is None:
+            self._model = TextEmbedder(self.resolved)
+        return self._model
+
+
 def embed_captions(
-    col: Collection, catalog: pa.Table, embedder: ResolvedEmbedder, run_id: str, batch: int
-) -> tuple[list[int], np.ndarray, int]:
+    col: Collection, catalog: pa.Table, embedder: EmbedderLoader, run_id: str, batch: int
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Vectors for the catalog's captioned rows: from the embedding cache where an earlier run
     embedded the same text with the same model, else embedded now (and cached). Returns the row
     numbers that have a caption, their (N, D) vectors, and how many texts were embedded now."""
-    status = catalog.column("status").to_pylist()
-    captions = catalog.column("caption").to_pylist()
-    rows = [i for i, s in enumerate(status) if s == "captioned"]
-    shas = [text_sha256(captions[i]) for i in rows]
-    sub = f"{EMBEDDINGS_DIR}/{embedder.sha256[:16]}"
-    cache: dict[str, np.ndarray] = {}
-    wanted = set(shas)
+    rows = np.flatnonzero(pc.equal(catalog.column("status"), "captioned").to_numpy(False))
+    captions = catalog.column("caption").take(pa.array(rows, pa.int64())).to_pylist()
+    shas = [text_sha256(c) for c in captions]
+    sub = f"{EMBEDDINGS_DIR}/{embedder.resolved.sha256[:16]}"
+    cached = _cached_vectors(col, sub, shas)  # sha -> row of `found`
+    missing = sorted({s: c for s, c in zip(shas, captions, strict=True) if s not in cached.index})
+    found = cached.vectors
+    if missing:
+        texts = {s: c for s, c in zip(shas, captions, strict=True)}
+        new = embedder.get().embed([texts[s] for s in missing], batch_size=batch)  # (M, D)
+        _write_embeddings(col, sub, run_id, missing, new)
+        base = 0 if found is None else len(found)
+        cached.index.update({s: base + n for n, s in enumerate(missing)})
+        found = new if found is None else np.concatenate([found, new])  # (K + M, D)
+    if not len(rows):
+        return rows, np.zeros((0, 0), dtype=np.float32), len(missing)
+    assert found is not None
+    order = np.fromiter((cached.index[s] for s in shas), np.int64, len(shas))
+    return rows, found[order].astype(np.float32, copy=False), len(missing)  # (N, D)
+
+
+@dataclass(slots=True)
+class _Cached:
+    index: dict[str, int]  # text sha256 -> row of vectors
+    vectors: np.ndarray | None  # (K, D)
+
+
+def _cached_vectors(col: Collection, sub: str, shas: list[str]) -> _Cached:
+    """The cached vectors of these texts, read column-wise (a cache file is one run's texts)."""
+    wanted = pa.array(sorted(set(shas)), pa.string())
+    parts = []
     for url in parquet_files(col, sub):
         with fsspec.open(url, "rb") as f:
             t = pq.read_table(f)
-        for sha, vec in zip(
-            t.column("text_sha256").to_pylist(),
-            t.column("embedding").to_numpy(zero_copy_only=False),
-            strict=True,
-        ):  # noqa: E501
-            if sha in wanted:
-                cache[sha] = np.asarray(vec, dtype=np.float32)
-    missing = sorted(
-        {s: captions[i] for s, i in zip(shas, rows, strict=True) if s not in cache}.items()
-    )  # noqa: E501
-    if missing:
-        model = TextEmbedder(embedder)
-        vectors = model.embed([text for _, text in missing], batch_size=batch)  # (M, D)
-        for (sha, _), vec in zip(missing, vectors, strict=True):
-            cache[sha] = vec
-        _write_embeddings(col, sub, run_id, [s for s, _ in missing], vectors)
-    if not rows:
-        return rows, np.zeros((0, 0), dtype=np.float32), len(missing)
-    return rows, np.stack([cache[s] for s in shas]).astype(np.float32), len(missing)
+        parts.append(t.filter(pc.is_in(t.column("text_sha256"), wanted)))
+    if not parts or not sum(p.num_rows for p in parts):
+        return _Cached({}, None)
+    table = pa.concat_tables(parts)
+    d = table.schema.field("embedding").type.list_size
+    flat = table.column("embedding").combine_chunks().flatten().to_numpy()  # (K * D,)
+    index = {s: i for i, s in enumerate(table.column("text_sha256").to_pylist())}
+    return _Cached(index, flat.reshape(-1, d))
 
 
 def _write_embeddings(
@@ -184,7 +212,7 @@ def _write_embeddings(
     col.fs.mv(tmp, col.join(sub, name))
 
 
-def index_entries(catalog: pa.Table, rows: list[int]) -> list[IndexEntry]:
+def index_entries(catalog: pa.Table, rows: np.ndarray) -> list[IndexEntry]:
     """IndexEntry per captioned catalog row, ids 0..N-1 in key order (the catalog's order);
     source metadata goes along where IndexEntry has fields for it."""
     extra = [f.name for f in fields(IndexEntry) if f.name in ("url", "alt_text", "metadata")]

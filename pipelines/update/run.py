@@ -12,11 +12,13 @@ reuses every caption the dead run finished (the cache is keyed by sha256 and mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,12 +44,14 @@ from indexing.collection import (
 from indexing.embed import resolve_embedder
 from pipelines import imgindex_version
 from pipelines.caption.pipeline import check_model
+from pipelines.caption.summary import model_broken
 from pipelines.errors import JobFailed, UsageError
 from pipelines.options import pipeline_options
 from pipelines.update.caption import build_captioning
 from pipelines.update.config import UpdateConfig, UpdateCounts
 from pipelines.update.plan import build_plan
 from pipelines.update.publish import (
+    EmbedderLoader,
     assemble_catalog,
     choose_work,
     embed_captions,
@@ -73,6 +77,7 @@ class UpdateSummary:
     model_version: str
     took_over_lock: str | None = None
     note: str = ""
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # list, plan, caption, publish
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "counts": asdict(self.counts)}
@@ -118,23 +123,34 @@ class _Night:
         self.col, self.config, self.run_id, self.shards = col, config, run_id, shards
         self.model, self.beam_args = model, beam_args
         self.previous = col.current()
+        self.stage_seconds: dict[str, float] = {}
 
     def run(self, embedder: Any) -> UpdateSummary:
-        fingerprints, changed, unchanged = self._fingerprint()
-        plan = self._plan(changed, unchanged)
+        with self._timed("list"):
+            fingerprints, changed, unchanged = self._fingerprint()
+        with self._timed("plan"):
+            plan = self._plan(changed, unchanged)
         counts = plan_counts(plan)
         self._check_shrink(counts)
         work = choose_work(plan, self.config.max_images)
-        if work.members:
-            self._caption(work)
-        captions, failures = self._tonights_results()
+        with self._timed("caption"):
+            if work.members:
+                self._caption(work)
+            captions, failures = self._tonights_results()
         catalog, done = assemble_catalog(plan, work, captions, failures)
         tally = self._counts(plan, counts, done, work, len(changed))
         self._check_failure_rate(tally)
         if self._nothing_to_do(tally, fingerprints):
             return self._summary(tally, published=False, note="nothing changed: no new version")
-        name = self._publish(catalog, fingerprints, embedder, tally)
+        with self._timed("publish"):
+            name = self._publish(catalog, fingerprints, EmbedderLoader(embedder), tally)
         return self._summary(tally, published=True, version=name)
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.stage_seconds[stage] = round(time.perf_counter() - started, 3)
 
     # -- listing ---------------------------------------------------------------------------
     def _fingerprint(self) -> tuple[pa.Table, list[Shard], frozenset[str]]:
@@ -169,6 +185,14 @@ class _Night:
         return plan
 
     def _caption(self, work: Any) -> None:
+        try:
+            self._run_caption_job(work)
+        except Exception as e:
+            if (broken := model_broken(e)) is None:
+                raise
+            raise JobFailed(f"stopped early: {broken}; nothing was published") from e
+
+    def _run_caption_job(self, work: Any) -> None:
         p = beam.Pipeline(options=pipeline_options(self.beam_args))
         build_captioning(
             p,
@@ -225,13 +249,14 @@ class _Night:
 
     # -- publishing ----------------------------------------------------------------------------
     def _publish(
-        self, catalog: pa.Table, fingerprints: pa.Table, embedder: Any, tally: UpdateCounts
+        self, catalog: pa.Table, fingerprints: pa.Table, loader: EmbedderLoader, tally: UpdateCounts
     ) -> str:
+        embedder = loader.resolved
         rows, vectors, embedded = embed_captions(
-            self.col, catalog, embedder, self.run_id, self.config.embed_batch
+            self.col, catalog, loader, self.run_id, self.config.embed_batch
         )
         entries = index_entries(catalog, rows)
-        dimension = vectors.shape[1] if vectors.size else _dimension(embedder)
+        dimension = vectors.shape[1] if vectors.size else loader.get().dimension
         manifest = Manifest(
             embedder_name=embedder.name,
             embedder_sha256=embedder.sha256,
@@ -319,13 +344,8 @@ class _Night:
             model=self.model[0],
             model_version=self.model[1],
             note=note,
+            stage_seconds=dict(self.stage_seconds),
         )
-
-
-def _dimension(embedder: Any) -> int:
-    from indexing.embed import TextEmbedder
-
-    return TextEmbedder(embedder).dimension
 
 
 def _fs(uri: str) -> tuple[Any, str]:
