@@ -23,8 +23,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from captioning.archives.listing import list_shards
 from captioning.archives.records import Shard
@@ -39,6 +41,7 @@ from indexing.collection import (
     SHARDS_FILE,
     VERSIONS_DIR,
     Collection,
+    CollectionError,
     parquet_files,
 )
 from indexing.embed import resolve_embedder
@@ -126,8 +129,14 @@ class _Night:
         self.stage_seconds: dict[str, float] = {}
 
     def run(self, embedder: Any) -> UpdateSummary:
+        if self.previous:
+            self._check_previous()
         with self._timed("list"):
             fingerprints, changed, unchanged = self._fingerprint()
+        if self._same_as_before(changed, unchanged):
+            return self._summary(
+                self._unchanged_counts(), published=False, note="nothing changed: no new version"
+            )
         with self._timed("plan"):
             plan = self._plan(changed, unchanged)
         counts = plan_counts(plan)
@@ -169,6 +178,42 @@ class _Night:
             else:
                 changed.append(shard)
         return pa.Table.from_pylist(rows, SHARDS_SCHEMA), changed, frozenset(unchanged)
+
+    def _check_previous(self) -> None:
+        """The current version's tables must be readable before anything builds on them."""
+        for name, schema in ((CATALOG_FILE, CATALOG_SCHEMA), (SHARDS_FILE, SHARDS_SCHEMA)):
+            url = self.col.version_url(self.previous, name)  # type: ignore[arg-type]
+            try:
+                with fsspec.open(url, "rb") as f:
+                    names = pq.read_schema(f).names
+            except (OSError, pa.ArrowException) as e:
+                raise CollectionError(
+                    f"{url} is corrupt ({e}): nothing was published; `imgindex rollback "
+                    f"{self.col.root} --to VERSION` makes a kept version current"
+                ) from e
+            if missing := [n for n in schema.names if n not in names]:
+                raise CollectionError(f"{url} lacks column(s) {', '.join(missing)}")
+
+    def _same_as_before(self, changed: list[Shard], unchanged: frozenset[str]) -> bool:
+        """Every shard of the previous version, and no other, with its old fingerprint, the same
+        model, and nothing left for later by --max-images: the catalog stands as it is, so no
+        job runs at all."""
+        if not self.previous or changed:
+            return False
+        before = read_tables([self.col.version_url(self.previous, SHARDS_FILE)], SHARDS_SCHEMA)
+        record = self.col.read_json(f"{VERSIONS_DIR}/{self.previous}/version.json", "version")
+        return (
+            set(before.column("source").to_pylist()) == set(unchanged)
+            and record.get("model_version") == self.model[1]
+            and record.get("counts", {}).get("deferred", 1) == 0
+        )
+
+    def _unchanged_counts(self) -> UpdateCounts:
+        record = self.col.read_json(f"{VERSIONS_DIR}/{self.previous}/version.json", "version")
+        live = int(record.get("counts", {}).get("catalog", 0))
+        return UpdateCounts(
+            listed=live, unchanged=live, shards_listed=len(self.shards), shards_read=0
+        )
 
     # -- the two Beam jobs -------------------------------------------------------------------
     def _plan(self, changed: list[Shard], unchanged: frozenset[str]) -> pa.Table:
