@@ -71,12 +71,13 @@ def test_a_job_over_the_limit_writes_its_output_then_fails_with_counts_by_stage(
     failures = pq.read_table(out / "failures").to_pylist()
     message = min(r["message"] for r in failures if r["error_type"] == "truncated_tar")
     assert str(caught.value) == (
-        "9 of 24 images failed (38%), over --max-failure-rate 0.3: read 5, decode 4, caption 0; "
+        "9 of 24 images failed (38%), over --max-failure-rate 0.3: "
+        "source 0, read 5, decode 4, caption 0; "
         f"most common: truncated_tar x2: {message}. Tables and run.json are in {out}"
     )
     assert len(pq.read_table(out / "captions")) == 15 and len(failures) == 9
     run = read_json(out / "run.json")
-    assert run["counts"]["failed_by_stage"] == {"read": 5, "decode": 4, "caption": 0}
+    assert run["counts"]["failed_by_stage"] == {"source": 0, "read": 5, "decode": 4, "caption": 0}
     assert run["failure_limit"] == {
         "max_failure_rate": 0.3,
         "failure_rate": 0.375,
@@ -95,7 +96,8 @@ def test_a_model_that_fails_every_image_fails_the_job(
         run_caption(config(folder(tmp_path, 2), out, tiny_caption_model, batch_size=1), [])
 
     assert str(caught.value) == (
-        "2 of 2 images failed (100%), over --max-failure-rate 0.5: read 0, decode 0, caption 2; "
+        "2 of 2 images failed (100%), over --max-failure-rate 0.5: "
+        "source 0, read 0, decode 0, caption 2; "
         f"most common: RuntimeError x2: {OOM}. Tables and run.json are in {out}"
     )
     failures = pq.read_table(out / "failures").to_pylist()
@@ -120,7 +122,7 @@ def test_a_rate_of_1_accepts_any_failures_and_never_stops_early(
     )
 
     assert (summary.read, summary.captioned, summary.failed) == (5, 0, {"RuntimeError": 5})
-    assert summary.failed_by_stage == {"read": 0, "decode": 0, "caption": 5}
+    assert summary.failed_by_stage == {"source": 0, "read": 0, "decode": 0, "caption": 5}
     assert read_json(out / "run.json")["failure_limit"] == {
         "max_failure_rate": 1.0,
         "failure_rate": 1.0,

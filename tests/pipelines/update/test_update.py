@@ -214,3 +214,46 @@ def test_retention_rollback_and_cache_cleaning(
     with pytest.raises(CollectionError, match="no kept version"):
         col.rollback("v000001")
     assert col.rollback("v000004") == "v000004"
+
+
+@pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
+def test_an_img2dataset_archive_keeps_its_source_metadata(
+    output_format: str, tmp_path: Path, tiny_caption_model: Path, tiny_embedder_dir: Path
+) -> None:
+    from tests.captioning.archives.img2dataset_layout import write_img2dataset
+
+    written = write_img2dataset(tmp_path / "i2d", output_format)
+    root = tmp_path / "col"
+    night = update(written.root, root, tiny_caption_model, tiny_embedder_dir)
+    stats = written.stats()
+    c = night.counts
+    assert c.listed == stats["count"] and c.captioned == stats["successes"]
+    assert c.failed == c.unavailable == stats["count"] - stats["successes"]  # not ours
+    rows = {r["key"]: r for r in catalog(root)}
+    assert set(rows) == set(written.metas)  # every attempted sample, sidecars not read as shards
+    for key, meta in written.metas.items():
+        row = rows[key]
+        assert row["url"] == meta["url"]
+        if meta["status"] == "success":
+            assert row["status"] == "captioned" and row["alt_text"] == meta["caption"].strip()
+        else:
+            assert (row["status"], row["stage"], row["error_type"]) == (
+                "failed", "source", meta["status"],
+            )  # fmt: skip
+    hit = open_index(root).search("a", k=1)[0]
+    assert hit.url == written.metas[hit.key]["url"]
+
+
+def test_captions_no_kept_version_uses_are_cleaned(
+    tmp_path: Path, tiny_caption_model: Path, tiny_embedder_dir: Path
+) -> None:
+    archive = make_archive(tmp_path / "arch", 4)
+    root = tmp_path / "col"
+    first = update(archive, root, tiny_caption_model, tiny_embedder_dir, keep=1)
+    other = build_tiny_checkpoint(tmp_path / "model-v2")
+    meta = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**meta, "version": "t2"}))
+    second = update(archive, root, other, tiny_embedder_dir, keep=1)  # recaptions everything
+    runs = {p.name.split("--")[0] for p in (root / CAPTIONS_DIR).glob("*.parquet")}
+    assert runs == {second.run_id} and first.run_id not in runs
+    assert [v.name for v in Collection.open(root).versions()] == ["v000002"]
