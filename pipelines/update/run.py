@@ -102,8 +102,15 @@ def run_update(config: UpdateConfig, beam_args: list[str]) -> UpdateSummary:
     col = Collection.open(config.collection, create=True)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     with col.lock(timeout_s=config.lock_timeout_s) as lock:
+        if col.fs.exists(col.join("work")):  # what a killed run left half-written; we hold the lock
+            col.fs.rm(col.join("work"), recursive=True)
         night = _Night(col, config, run_id, shards, (identity.name, identity.version), beam_args)
-        summary = night.run(embedder)
+        try:
+            summary = night.run(embedder)
+        except JobFailed as e:  # the run's record says why nothing was published
+            record = {"run_id": run_id, "published": False, "failed": str(e)}
+            col.write_json_atomic(f"{RUNS_DIR}/{run_id}.json", record)
+            raise
         summary = replace(
             summary, seconds=time.perf_counter() - started, took_over_lock=lock.took_over
         )

@@ -257,3 +257,28 @@ def test_captions_no_kept_version_uses_are_cleaned(
     runs = {p.name.split("--")[0] for p in (root / CAPTIONS_DIR).glob("*.parquet")}
     assert runs == {second.run_id} and first.run_id not in runs
     assert [v.name for v in Collection.open(root).versions()] == ["v000002"]
+
+
+def test_a_night_over_the_failure_limit_publishes_nothing(
+    tmp_path: Path, tiny_caption_model: Path, tiny_embedder_dir: Path
+) -> None:
+    from pipelines.errors import JobFailed
+
+    archive = make_archive(tmp_path / "arch", 4)
+    root = tmp_path / "col"
+    update(archive, root, tiny_caption_model, tiny_embedder_dir)
+    for i in range(6):
+        (archive / f"broken-{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes([i]) * 40)
+    with pytest.raises(JobFailed, match="6 of 6 images failed tonight"):
+        update(archive, root, tiny_caption_model, tiny_embedder_dir)
+    assert Collection.open(root).current() == "v000001"
+    records = [json.loads(p.read_text()) for p in (root / "runs").glob("*.json")]
+    assert any("6 of 6 images failed" in r.get("failed", "") for r in records)
+
+    night = update(archive, root, tiny_caption_model, tiny_embedder_dir, max_failure_rate=1.0)
+    assert night.published and night.counts.failed == 6
+    broken = [r for r in catalog(root) if r["key"].startswith("broken-")]
+    assert len(broken) == 6 and {(r["status"], r["stage"]) for r in broken} == {
+        ("failed", "decode")
+    }
+    assert len(open_index(root).search("a", k=20)) == 4  # failures are catalogued, not indexed
