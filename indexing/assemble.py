@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from indexing.build import IndexEntry, Manifest, write_index
+from indexing.ann import AnnConfig
+from indexing.build import MANIFEST_FILE, IndexEntry, Manifest, write_index
 from indexing.embed import ResolvedEmbedder, TextEmbedder, resolve_embedder
 
 logger = logging.getLogger(__name__)
@@ -131,13 +132,16 @@ def write_embedded_index(
     caption_files: Sequence[str],
     overwrite: bool,
     imgindex_version: str,
+    ann: AnnConfig | None = None,
 ) -> tuple[Manifest, int]:
     """Assemble embedded captions into an index and write it with write_index.
 
-    `imgindex_version` is recorded in the manifest (the caller knows the installed version).
+    `imgindex_version` is recorded in the manifest (the caller knows the installed version);
+    `ann` chooses and tunes the index type (None: exact Flat).
 
     Returns:
-        The written manifest and the number of duplicate rows dropped.
+        The written manifest (with the index type, parameters and measured recall) and the
+        number of duplicate rows dropped.
     """
     embedded = list(embedded)
     if embedded:
@@ -159,5 +163,8 @@ def write_embedded_index(
         caption_files=tuple(caption_files),
         imgindex_version=imgindex_version,
     )
-    write_index(out_dir, assembled.entries, assembled.vectors, manifest, overwrite=overwrite)
-    return manifest, assembled.duplicates
+    out = write_index(
+        out_dir, assembled.entries, assembled.vectors, manifest, overwrite=overwrite, ann=ann
+    )
+    written = Manifest.from_json((out / MANIFEST_FILE).read_text(encoding="utf-8"))
+    return written, assembled.duplicates

@@ -11,7 +11,11 @@ An index directory holds four files:
   written before those columns existed still opens: they read as null.
 - ``embeddings.parquet``: id, key and the vector (embeddings_schema(D)), so an index can be rebuilt
   (another FAISS type, a merge) without re-embedding.
-- ``manifest.json``: the Manifest: which embedder, dimension, count, metric, caption files.
+- ``manifest.json``: the Manifest: which embedder, dimension, count, metric, caption files, and
+  for an approximate index (write_index with an AnnConfig, see indexing.ann) its type, factory
+  string, tuned search parameters, measured recall@10, ms/query and resident bytes. Those fields
+  are left out while they hold their defaults (exact Flat), so an exact index's manifest is the
+  same as before index types existed and older manifests load as exact Flat.
 
 Inner product on unit-norm vectors is cosine similarity; write_index refuses vectors that are not
 unit-norm so the recorded metric stays true.
@@ -25,7 +29,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
@@ -35,7 +39,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexing.errors import OutputExistsError
+from indexing.ann import (
+    FLAT,
+    FLAT_FACTORY,
+    INDEX_TYPES,
+    AnnConfig,
+    IndexPlan,
+    build_ann_index,
+    candidates,
+    factory_nlist,
+)
+from indexing.errors import IndexingError, OutputExistsError
+from indexing.tuning import (
+    TargetRecallError,
+    TuningResult,
+    check_params,
+    holdout_rows,
+    tune,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +66,7 @@ EMBEDDINGS_FILE = "embeddings.parquet"
 MANIFEST_FILE = "manifest.json"
 INDEX_FILES = (INDEX_FILE, MAPPING_FILE, EMBEDDINGS_FILE, MANIFEST_FILE)
 
-INDEX_FACTORY = "IDMap2,Flat"  # with faiss.METRIC_INNER_PRODUCT: IndexIDMap2(IndexFlatIP(D))
+INDEX_FACTORY = FLAT_FACTORY  # with faiss.METRIC_INNER_PRODUCT: IndexIDMap2(IndexFlatIP(D))
 METRIC = "inner_product"
 FORMAT_VERSION = 1
 # |norm - 1| allowed for a row to count as unit-norm: float32 rounding stays far below this.
@@ -125,6 +146,14 @@ class Manifest:
         created_at: ISO-8601 UTC timestamp; defaults to now.
         metric: always "inner_product" (on unit-norm vectors, i.e. cosine).
         format_version: layout version of the index directory.
+        index_type: one of indexing.ann.INDEX_TYPES; "flat" (exact) unless built with an AnnConfig.
+        factory: the FAISS factory string of index.faiss.
+        search_params: (name, value) pairs search applies by default, e.g. (("nprobe", 16),).
+        target_recall: the recall@10 the parameters were tuned for; None for an exact index.
+        recall_at_10: recall@10 against exact search measured at search_params; None if untuned.
+        query_ms: batched single-thread ms per query measured at search_params; None for Flat
+            (nothing tuned) and for indexes written before it was recorded.
+        index_bytes: estimated resident bytes of the loaded index; None if not recorded.
     """
 
     embedder_name: str
@@ -136,6 +165,18 @@ class Manifest:
     created_at: str = field(default_factory=_utc_now)
     metric: str = METRIC
     format_version: int = FORMAT_VERSION
+    index_type: str = FLAT
+    factory: str = INDEX_FACTORY
+    search_params: tuple[tuple[str, int], ...] = ()
+    target_recall: float | None = None
+    recall_at_10: float | None = None
+    query_ms: float | None = None
+    index_bytes: int | None = None
+
+    @property
+    def params(self) -> dict[str, int]:
+        """search_params as a dict."""
+        return dict(self.search_params)
 
     def __post_init__(self) -> None:
         if not self.embedder_name:
@@ -170,11 +211,36 @@ class Manifest:
                 f"index format version {self.format_version} is not supported by this imgindex "
                 f"(it reads version {FORMAT_VERSION}): rebuild the index"
             )
+        self._check_ann_fields()
+
+    def _check_ann_fields(self) -> None:
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(
+                f"Manifest.index_type must be one of {', '.join(INDEX_TYPES)}, "
+                f"got {self.index_type!r}"
+            )
+        params = self.search_params
+        if isinstance(params, dict):  # accept {"nprobe": 8}; stored as sorted pairs (hashable)
+            object.__setattr__(self, "search_params", tuple(sorted(params.items())))
+        elif not isinstance(params, tuple):
+            object.__setattr__(self, "search_params", tuple(map(tuple, params)))
+        try:
+            check_params(self.index_type, self.params, factory_nlist(self.factory))
+        except IndexingError as err:
+            raise ValueError(f"Manifest.search_params: {err}") from err
+        for name in ("target_recall", "recall_at_10"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"Manifest.{name} must be in [0, 1], got {value!r}")
 
     def to_json(self) -> str:
         """Serialise to a JSON object (stable key order)."""
         data = asdict(self)
         data["caption_files"] = list(self.caption_files)
+        data["search_params"] = dict(self.search_params)
+        for name in _ANN_FIELDS:  # exact-Flat defaults stay out: the manifest of before
+            if data[name] == _ANN_DEFAULTS[name]:
+                del data[name]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -209,7 +275,36 @@ class Manifest:
             if key in data and not isinstance(data[key], str):
                 raise ValueError(f"manifest {key} must be a string, got {data[key]!r}")
         data["caption_files"] = tuple(data["caption_files"])
+        for key in ("index_type", "factory"):
+            if key in data and not isinstance(data[key], str):
+                raise ValueError(f"manifest {key} must be a string, got {data[key]!r}")
+        if "search_params" in data:
+            params = data["search_params"]
+            if not isinstance(params, dict):
+                raise ValueError(f"manifest search_params must be an object, got {params!r}")
+            data["search_params"] = tuple(sorted(params.items()))
+        for key in ("target_recall", "recall_at_10", "query_ms"):
+            value = data.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise ValueError(f"manifest {key} must be a number, got {value!r}")
+        if (value := data.get("index_bytes")) is not None and type(value) is not int:
+            raise ValueError(f"manifest index_bytes must be an integer, got {value!r}")
         return cls(**data)
+
+
+_ANN_FIELDS = (
+    "index_type",
+    "factory",
+    "search_params",
+    "target_recall",
+    "recall_at_10",
+    "query_ms",
+    "index_bytes",
+)
+_ANN_DEFAULTS = {f.name: f.default for f in fields(Manifest) if f.name in _ANN_FIELDS}
+_ANN_DEFAULTS["search_params"] = {}
 
 
 def validate_index_inputs(
@@ -260,12 +355,67 @@ def _build_faiss_index(ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
     return index
 
 
+def _build_ann(
+    ids: np.ndarray, vectors: np.ndarray, manifest: Manifest, ann: AnnConfig
+) -> tuple[faiss.Index, Manifest]:
+    """Choose, build and tune an index for ``ann``; the manifest records what was chosen.
+
+    With auto, a type that misses the target recall gives way to the next that fits.
+    """
+    plans = candidates(len(vectors), vectors.shape[1], ann)
+    for plan in plans[:-1]:
+        try:
+            return _build_plan(plan, ids, vectors, manifest, ann)
+        except TargetRecallError as err:
+            logger.warning("%s; trying the next index type", err)
+    return _build_plan(plans[-1], ids, vectors, manifest, ann)
+
+
+def _build_plan(
+    plan: IndexPlan, ids: np.ndarray, vectors: np.ndarray, manifest: Manifest, ann: AnnConfig
+) -> tuple[faiss.Index, Manifest]:
+    if plan.index_type == FLAT:
+        # Exact: recall 1 by definition, nothing to tune. Its query time is not measured, so
+        # rebuilding the same captions writes the same manifest (a rerun is a no-op).
+        index = build_ann_index(plan, ids, vectors, ann.seed)
+        tuned = TuningResult({}, 1.0, None)
+    else:
+        # Build and tune without the held-out query rows, then add them: no second build.
+        held = holdout_rows(len(vectors), ann.seed)  # (Q,)
+        rest = np.ones(len(vectors), dtype=bool)  # (N,)
+        rest[held] = False
+        base_ids, base = ids[rest], np.ascontiguousarray(vectors[rest])  # (N-Q,), (N-Q, D)
+        queries = np.ascontiguousarray(vectors[held])  # (Q, D)
+        index = build_ann_index(plan, base_ids, base, ann.seed)
+        tuned = tune(index, plan.index_type, plan.nlist, base_ids, base, queries, ann.target_recall)
+        index.add_with_ids(queries, ids[held])  # (Q, D) with (Q,) ids
+    manifest = replace(
+        manifest,
+        index_type=plan.index_type,
+        factory=plan.factory,
+        search_params=tuple(sorted(tuned.params.items())),
+        target_recall=float(ann.target_recall),
+        recall_at_10=round(tuned.recall_at_10, 6),
+        query_ms=None if tuned.query_ms is None else round(tuned.query_ms, 6),
+        index_bytes=plan.estimated_bytes,
+    )
+    return index, manifest
+
+
 def _write_files(
-    directory: Path, entries: Sequence[IndexEntry], vectors: np.ndarray, manifest: Manifest
-) -> None:
+    directory: Path,
+    entries: Sequence[IndexEntry],
+    vectors: np.ndarray,
+    manifest: Manifest,
+    ann: AnnConfig | None,
+) -> Manifest:
     ids = np.fromiter((e.id for e in entries), dtype=np.int64, count=len(entries))  # (N,)
     keys = [e.key for e in entries]
-    faiss.write_index(_build_faiss_index(ids, vectors), str(directory / INDEX_FILE))
+    if ann is None:
+        index = _build_faiss_index(ids, vectors)
+    else:
+        index, manifest = _build_ann(ids, vectors, manifest, ann)
+    faiss.write_index(index, str(directory / INDEX_FILE))
     mapping = pa.table(
         {
             "id": ids,
@@ -287,6 +437,7 @@ def _write_files(
     )
     pq.write_table(embeddings, directory / EMBEDDINGS_FILE)
     (directory / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
 
 
 def check_index_target(out: Path, overwrite: bool) -> None:
@@ -333,6 +484,7 @@ def write_index(
     vectors: np.ndarray,
     manifest: Manifest,
     overwrite: bool = False,
+    ann: AnnConfig | None = None,
 ) -> Path:
     """Write an index directory (see the module docstring) atomically.
 
@@ -345,6 +497,8 @@ def write_index(
         vectors: float32 (N, D) unit-norm rows, row i for entries[i].
         manifest: its count and dimension must match entries and vectors.
         overwrite: replace an existing index at ``out_dir``.
+        ann: build an approximate index chosen and tuned by this config (indexing.ann); the
+            written manifest records the type, parameters and measured recall. None: exact Flat.
 
     Returns:
         The path of the written index directory.
@@ -352,6 +506,8 @@ def write_index(
     Raises:
         ValueError: entries, vectors and manifest disagree (see validate_index_inputs).
         FileExistsError: ``out_dir`` is not empty and overwrite is False, or it is not an index.
+        IndexingError: ``ann`` asks for what cannot be built (budget too small, target recall
+            not reached: indexing.tuning.TargetRecallError).
     """
     validate_index_inputs(entries, vectors, manifest)
     vectors = np.ascontiguousarray(vectors)
@@ -361,14 +517,15 @@ def write_index(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        _write_files(tmp, entries, vectors, manifest)
+        manifest = _write_files(tmp, entries, vectors, manifest, ann)
         check_index_target(out, overwrite)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info(
-        "wrote index %s: %d vectors of dimension %d from %d caption files",
+        "wrote %s index %s: %d vectors of dimension %d from %d caption files",
+        manifest.index_type,
         out,
         manifest.count,
         manifest.dimension,

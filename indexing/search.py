@@ -1,9 +1,15 @@
-"""Index directory + query text -> ranked SearchHits (exact inner product = cosine)."""
+"""Index directory + query text -> ranked SearchHits (inner product = cosine; exact or ANN).
+
+An approximate index (see indexing.ann) is searched with the parameters its manifest recorded
+at build time (tuned to its target recall); ``nprobe``, ``ef_search`` and ``k_factor`` override
+them per call. Flat and IVF indexes are memory-mapped read-only (their codes, inverted lists and
+re-rank vectors stay in the page cache); HNSW graphs are read into memory.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -13,6 +19,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexing.ann import (
+    FLAT,
+    HNSW,
+    IVF_FLAT,
+    IVF_PQ,
+    IVF_SQ8,
+    IVF_TYPES,
+    factory_nlist,
+    index_ids,
+    index_type_of,
+)
 from indexing.build import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -24,11 +41,22 @@ from indexing.build import (
 from indexing.collection import INDEX_DIR, VERSIONS_DIR, Collection, is_collection
 from indexing.embed import EmbedderError, TextEmbedder, resolve_embedder
 from indexing.errors import IndexingError
+from indexing.tuning import PARAM_NAMES, check_params, search_with
 
 logger = logging.getLogger(__name__)
 
 # Files search needs; embeddings.parquet is only for rebuilding an index.
 REQUIRED_FILES = (MANIFEST_FILE, INDEX_FILE, MAPPING_FILE)
+# How each type is read: read-only memory maps of the inverted lists (IVF: IO_FLAG_MMAP) or of
+# the flat codes (Flat, and ivf-pq's re-rank vectors: IO_FLAG_MMAP_IFC; FAISS refuses the two
+# together on IVF lists). HNSW is read into memory.
+LOAD_FLAGS = {
+    FLAT: faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY,
+    IVF_FLAT: faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY,
+    IVF_SQ8: faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY,
+    IVF_PQ: faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY,
+    HNSW: 0,
+}
 
 
 class IndexLoadError(IndexingError):
@@ -123,18 +151,48 @@ class SearchIndex:
             self._embedder = embedder
         return self._embedder
 
-    def search(self, text: str, k: int = 10) -> list[SearchHit]:
+    @property
+    def search_params(self) -> dict[str, int]:
+        """The search parameters used when a call gives none (the manifest's tuned ones)."""
+        return self._manifest.params
+
+    def search(
+        self,
+        text: str,
+        k: int = 10,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        k_factor: int | None = None,
+    ) -> list[SearchHit]:
         """Return the k entries whose captions are nearest to ``text`` (fewer if count < k).
+
+        Args:
+            text: the query.
+            k: number of hits.
+            nprobe, ef_search, k_factor: override the manifest's search parameters for this call:
+                nprobe for IVF types, ef_search for hnsw, k_factor (re-rank depth) for ivf-pq;
+                None keeps the manifest's.
 
         Raises:
             ValueError: ``text`` is empty or whitespace ("empty query"), or k <= 0.
+            IndexingError: an override this index type does not take, or out of range.
         """
-        return self.search_many([text], k)[0]
+        return self.search_many([text], k, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor)[0]
 
     def search_many(
-        self, texts: Sequence[str], k: int = 10, batch_size: int = 64
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        batch_size: int = 64,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        k_factor: int | None = None,
     ) -> list[list[SearchHit]]:
         """Search several queries, embedded in batches of ``batch_size``.
+
+        nprobe, ef_search and k_factor override the manifest's search parameters (see search).
 
         Returns:
             One hit list per query, in the order of ``texts`` (see search).
@@ -142,25 +200,49 @@ class SearchIndex:
         if isinstance(texts, str):
             raise TypeError("search_many takes a sequence of queries: use search for one")
         _check_k(k)
+        overrides = {"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor}
+        self._params(overrides)  # a bad override fails before the embedder loads
         texts = list(texts)
         for position, text in enumerate(texts):
             _check_query(text, position if len(texts) > 1 else None)
         if not texts:
             return []
         queries = self.embedder.embed(texts, batch_size=batch_size)  # (Q, D)
-        return self.search_vectors(queries, k)
+        return self.search_vectors(queries, k, **overrides)
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[SearchHit]]:
+    def _params(self, overrides: Mapping[str, int | None]) -> dict[str, int]:
+        given = {name: value for name, value in overrides.items() if value is not None}
+        kind = self._manifest.index_type
+        if unknown := sorted(set(given) - set(PARAM_NAMES[kind])):
+            takes = ", ".join(PARAM_NAMES[kind]) or "no search parameters"
+            raise IndexingError(
+                f"{', '.join(unknown)} does not apply to this {kind} index (it takes {takes})"
+            )
+        params = self._manifest.params | given
+        check_params(kind, params, factory_nlist(self._manifest.factory))
+        return params
+
+    def search_vectors(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        k_factor: int | None = None,
+    ) -> list[list[SearchHit]]:
         """Search with already embedded queries.
 
         Args:
             queries: float32 (Q, D) unit-norm vectors from the manifest's embedder.
             k: hits per query; at most count are returned.
+            nprobe, ef_search, k_factor: per-call search parameters (see search).
 
         Returns:
             One hit list per query row, best first.
         """
         _check_k(k)
+        params = self._params({"nprobe": nprobe, "ef_search": ef_search, "k_factor": k_factor})
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self._manifest.dimension:
             raise ValueError(
@@ -169,7 +251,8 @@ class SearchIndex:
         k = min(k, self.count)
         if k == 0 or len(queries) == 0:
             return [[] for _ in range(len(queries))]
-        scores, ids = self._index.search(queries, k)  # (Q, D) -> (Q, k), (Q, k)
+        kind = self._manifest.index_type
+        scores, ids = search_with(self._index, kind, params, queries, k)  # (Q, D) -> (Q, k) x2
         return [
             self._hits(row_scores, row_ids) for row_scores, row_ids in zip(scores, ids, strict=True)
         ]
@@ -219,7 +302,7 @@ def _load_manifest(path: Path) -> Manifest:
 def _load_faiss(path: Path, manifest: Manifest) -> faiss.Index:
     index_path = path / INDEX_FILE
     try:
-        index = faiss.read_index(str(index_path))
+        index = faiss.read_index(str(index_path), LOAD_FLAGS[manifest.index_type])
     except RuntimeError as err:
         # FAISS reports a bad file as a multi-line C++ trace; keep the first line.
         reason = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
@@ -231,7 +314,30 @@ def _load_faiss(path: Path, manifest: Manifest) -> faiss.Index:
         )
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise IndexLoadError(f"{index_path} does not use the inner-product metric")
+    _check_index_type(index_path, index, manifest)
     return index
+
+
+def _check_index_type(index_path: Path, index: faiss.Index, manifest: Manifest) -> None:
+    """The manifest's type, factory nlist and search parameters must describe the file."""
+    kind = index_type_of(index)
+    if kind != manifest.index_type:
+        raise IndexLoadError(
+            f"{index_path} is a {kind or 'foreign'} index but the manifest says "
+            f"{manifest.index_type} ({manifest.factory}): rebuild the index"
+        )
+    nlist = faiss.extract_index_ivf(index).nlist if kind in IVF_TYPES else None
+    if nlist != factory_nlist(manifest.factory):
+        raise IndexLoadError(
+            f"{index_path} has nlist {nlist} but the manifest's factory is {manifest.factory}: "
+            "rebuild the index"
+        )
+    try:
+        check_params(kind, manifest.params, nlist)
+    except IndexingError as err:
+        raise IndexLoadError(
+            f"the manifest's search parameters do not match {index_path}: {err}"
+        ) from err
 
 
 def _load_mapping(path: Path, manifest: Manifest) -> pa.Table:
@@ -261,13 +367,9 @@ def _load_mapping(path: Path, manifest: Manifest) -> pa.Table:
 
 
 def _check_ids_agree(path: Path, index: faiss.Index, mapping: pa.Table) -> None:
-    index = faiss.downcast_index(index)
-    if not hasattr(index, "id_map"):  # not an IndexIDMap: ids are row numbers 0..N-1
-        index_ids = np.arange(index.ntotal, dtype=np.int64)
-    else:
-        index_ids = np.sort(faiss.vector_to_array(index.id_map))  # (N,)
+    stored = np.sort(index_ids(index))  # (N,)
     mapping_ids = np.sort(mapping.column("id").to_numpy())  # (N,)
-    if not np.array_equal(index_ids, mapping_ids):
+    if not np.array_equal(stored, mapping_ids):
         raise IndexLoadError(
             f"the ids in {path / INDEX_FILE} and {path / MAPPING_FILE} differ: rebuild the index"
         )

@@ -21,7 +21,14 @@ from pipelines.cli.common import (
     flag_group,
     out,
 )
-from pipelines.cli.job_commands import BEAM_ARGS, BEAM_ARGS_HELP, JOB_OPTIONS
+from pipelines.cli.job_commands import (
+    BEAM_ARGS,
+    BEAM_ARGS_HELP,
+    JOB_OPTIONS,
+    IndexTypeOpt,
+    MemoryBudgetOpt,
+    TargetRecallOpt,
+)
 from pipelines.update.config import UpdateConfig
 
 if TYPE_CHECKING:
@@ -47,6 +54,11 @@ _UPDATE_OPTIONS = {
     ),
     "embedder": typer.Option("--embedder", help="sentence-transformers name or local directory."),
 }
+_INDEX_OPTIONS = {
+    "index_type": IndexTypeOpt,
+    "memory_budget": MemoryBudgetOpt,
+    "target_recall": TargetRecallOpt,
+}
 _TYPES = {
     "max_images": int | None,
     "keep": int,
@@ -54,13 +66,20 @@ _TYPES = {
     "lock_timeout_s": float,
     "embedder": str,
 }
-UPDATE_FLAGS = [
-    flag(name, JOB_OPTIONS[name][0], field_default(JOB_OPTIONS[name][1], name))
-    for name in _UPDATE_JOB
-] + [
-    flag(name, Annotated[_TYPES[name], option], field_default(UpdateConfig, name))  # type: ignore[misc]
-    for name, option in _UPDATE_OPTIONS.items()
-]
+UPDATE_FLAGS = (
+    [
+        flag(name, JOB_OPTIONS[name][0], field_default(JOB_OPTIONS[name][1], name))
+        for name in _UPDATE_JOB
+    ]
+    + [
+        flag(name, Annotated[_TYPES[name], option], field_default(UpdateConfig, name))  # type: ignore[misc]
+        for name, option in _UPDATE_OPTIONS.items()
+    ]
+    + [
+        flag(name, option, field_default(UpdateConfig, name))
+        for name, option in _INDEX_OPTIONS.items()
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +94,9 @@ class UpdateFlags:
     allow_shrink: bool
     lock_timeout_s: float
     embedder: str
+    index_type: str
+    memory_budget: str | None
+    target_recall: float
 
     def config(self, input_: str, collection: str, captioner: CaptionerFlags) -> UpdateConfig:
         caption = CaptionConfig(
@@ -96,6 +118,9 @@ class UpdateFlags:
             keep=self.keep,
             allow_shrink=self.allow_shrink,
             lock_timeout_s=self.lock_timeout_s,
+            index_type=self.index_type,
+            memory_budget=self.memory_budget,
+            target_recall=self.target_recall,
         )
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from captioning.archives.records import ReadConfig
+from indexing.ann import AnnConfig
 from pipelines.caption.config import CaptionConfig
 from pipelines.cli.common import (
     CaptionerFlags,
@@ -178,6 +179,7 @@ def _index(
     batch_size: int,
     overwrite: bool,
     beam_args: list[str],
+    ann: dict[str, Any] | None = None,
 ):
     from indexing.embed import DEFAULT_EMBEDDER
     from pipelines.index.pipeline import IndexConfig, run_index
@@ -188,6 +190,7 @@ def _index(
         embedder=embedder or DEFAULT_EMBEDDER,
         batch_size=batch_size,
         overwrite=overwrite,
+        **(ann or {}),
     )
     with err.status("embedding captions and building the index ..."):
         summary = run_index(config, beam_args)
@@ -198,6 +201,31 @@ def _index(
     return summary
 
 
+IndexTypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--index-type",
+        help="auto, flat, ivf-flat, ivf-sq8, ivf-pq or hnsw. auto: exact Flat below 50k "
+        "captions, else IVF-Flat, IVF-SQ8, then IVF-PQ with re-ranking, the first that "
+        "fits --memory-budget.",
+    ),
+]
+MemoryBudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget", metavar="SIZE", help="Most memory the index may take, e.g. 4GB."
+    ),
+]
+TargetRecallOpt = Annotated[
+    float,
+    typer.Option(
+        "--target-recall",
+        metavar="R",
+        help="Recall@10 against exact search that the search parameters are tuned to reach.",
+    ),
+]
+DEFAULT_INDEX_TYPE = field_default(AnnConfig, "index_type")
+DEFAULT_TARGET_RECALL = field_default(AnnConfig, "target_recall")
 EmbedderOpt = Annotated[
     str | None,
     typer.Option(
@@ -218,9 +246,17 @@ def index(
     embedder: EmbedderOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    index_type: IndexTypeOpt = DEFAULT_INDEX_TYPE,
+    memory_budget: MemoryBudgetOpt = None,
+    target_recall: TargetRecallOpt = DEFAULT_TARGET_RECALL,
 ) -> None:
     """Embed a caption run's captions and build a FAISS index."""
-    _index(captions_dir, index_dir, embedder, batch_size, overwrite, list(ctx.args))
+    ann = {
+        "index_type": index_type,
+        "memory_budget": memory_budget,
+        "target_recall": target_recall,
+    }
+    _index(captions_dir, index_dir, embedder, batch_size, overwrite, list(ctx.args), ann)
 
 
 @app.command(context_settings=BEAM_ARGS, epilog=BEAM_ARGS_HELP)
@@ -248,11 +284,27 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for, in words.")],
     k: Annotated[int, typer.Option("-k", "--top", help="Number of results.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    nprobe: Annotated[
+        int | None,
+        typer.Option("--nprobe", help="IVF lists to visit (IVF indexes); default: the tuned one."),
+    ] = None,
+    ef_search: Annotated[
+        int | None,
+        typer.Option("--ef-search", help="HNSW search breadth (hnsw); default: the tuned one."),
+    ] = None,
+    k_factor: Annotated[
+        int | None,
+        typer.Option(
+            "--k-factor", help="Candidates re-ranked per hit (ivf-pq); default: the tuned one."
+        ),
+    ] = None,
 ) -> None:
     """Search an index with natural-language text."""
     from indexing.search import open_index
 
-    hits = open_index(index_dir).search(query, k)
+    hits = open_index(index_dir).search(
+        query, k, nprobe=nprobe, ef_search=ef_search, k_factor=k_factor
+    )
     if as_json:
         for h in hits:
             print(

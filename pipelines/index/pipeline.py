@@ -2,7 +2,8 @@
 
 The Beam shell is ReadFromParquet -> RunInference(SentenceEmbeddingHandler) -> ToList ->
 WriteIndex; the work is done by indexing.assemble (caption_text, assemble_index,
-write_embedded_index, tested without Beam) and indexing.build.
+write_embedded_index, tested without Beam), indexing.build and indexing.ann (the index type,
+chosen and tuned per IndexConfig.ann).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.runners.runner import PipelineState
 
+from indexing.ann import AUTO, DEFAULT_TARGET_RECALL, AnnConfig, parse_size
 from indexing.assemble import (
     INDEX_COLUMNS,
     SOURCE_COLUMNS,
@@ -56,6 +58,10 @@ class IndexConfig:
         embedder: DEFAULT_EMBEDDER or a local sentence-transformers directory.
         batch_size: captions per embedding batch (RunInference's batch size).
         overwrite: replace an existing index at out_dir.
+        index_type: "auto" or an indexing.ann index type (flat, ivf-flat, ivf-sq8, ivf-pq, hnsw);
+            auto picks from the collection size and the memory budget (indexing.ann.choose).
+        memory_budget: most resident memory the index may take, e.g. "4GB"; None: no limit.
+        target_recall: recall@10 against exact search that the search parameters are tuned to.
     """
 
     captions_dir: str
@@ -63,6 +69,15 @@ class IndexConfig:
     embedder: str = DEFAULT_EMBEDDER
     batch_size: int = 256
     overwrite: bool = False
+    index_type: str = AUTO
+    memory_budget: str | None = None
+    target_recall: float = DEFAULT_TARGET_RECALL
+
+    @property
+    def ann(self) -> AnnConfig:
+        """The index choice and tuning config these fields describe (a one-off build)."""
+        budget = None if self.memory_budget is None else parse_size(self.memory_budget)
+        return AnnConfig(self.index_type, budget, self.target_recall, mutable=False)
 
     def __post_init__(self) -> None:
         if not self.out_dir:
@@ -78,6 +93,7 @@ class IndexConfig:
             raise UsageError(f"batch_size must be an int, got {type(self.batch_size).__name__}")
         if self.batch_size <= 0:
             raise UsageError(f"batch_size must be positive, got {self.batch_size}")
+        _ = self.ann  # validates index_type, memory_budget and target_recall
         find_caption_files(self.captions_dir)  # raises with "run `imgindex caption` first"
 
 
@@ -195,11 +211,13 @@ class WriteIndex(beam.DoFn):
         embedder: ResolvedEmbedder,
         caption_files: Sequence[str],
         overwrite: bool,
+        ann: AnnConfig | None = None,
     ) -> None:
         self._out_dir = out_dir
         self._embedder = embedder
         self._caption_files = tuple(caption_files)
         self._overwrite = overwrite
+        self._ann = ann or AnnConfig()
         self._write_ms = Metrics.distribution(METRICS_NAMESPACE, "write_index_ms")
         self._indexed = Metrics.counter(METRICS_NAMESPACE, "captions_indexed")
         self._duplicates = Metrics.counter(METRICS_NAMESPACE, "skipped_duplicate")
@@ -213,6 +231,7 @@ class WriteIndex(beam.DoFn):
             self._caption_files,
             self._overwrite,
             imgindex_version(),
+            self._ann,
         )
         self._write_ms.update(int((time.perf_counter() - start) * 1000))
         self._indexed.inc(manifest.count)
@@ -247,7 +266,9 @@ def build_index_pipeline(p: beam.Pipeline, config: IndexConfig) -> beam.PCollect
         # group and merged are a later issue.
         | "GatherEmbeddings" >> beam.combiners.ToList()
         | "WriteIndex"
-        >> beam.ParDo(WriteIndex(config.out_dir, embedder, files.paths, config.overwrite))
+        >> beam.ParDo(
+            WriteIndex(config.out_dir, embedder, files.paths, config.overwrite, config.ann)
+        )
     )
 
 

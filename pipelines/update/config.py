@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from indexing.ann import AUTO, DEFAULT_TARGET_RECALL, AnnConfig, parse_size
 from indexing.embed import DEFAULT_EMBEDDER
 from pipelines.caption.config import CaptionConfig
 from pipelines.errors import UsageError
@@ -31,6 +32,16 @@ class UpdateConfig:
     lock_timeout_s: float = 600.0  # a lock without a heartbeat for this long is taken over
     flush_rows: int = 256  # caption rows per cache file: a killed run redoes at most these
     embed_batch: int = 256
+    # The index of each version (indexing.ann): a collection changes every night, so only types
+    # that can add and remove ids are chosen (mutable=True: Flat, IVF-Flat, IVF-SQ8).
+    index_type: str = AUTO
+    memory_budget: str | None = None  # e.g. "4GB"
+    target_recall: float = DEFAULT_TARGET_RECALL
+
+    @property
+    def ann(self) -> AnnConfig:
+        budget = None if self.memory_budget is None else parse_size(self.memory_budget)
+        return AnnConfig(self.index_type, budget, self.target_recall, mutable=True)
 
     def __post_init__(self) -> None:
         if self.max_images is not None and self.max_images < 0:
@@ -45,6 +56,7 @@ class UpdateConfig:
             raise UsageError("flush_rows and embed_batch must be at least 1")
         if not self.collection:
             raise UsageError("--collection is empty: pass the collection root")
+        _ = self.ann  # validates the index type, memory budget and target recall
 
 
 @dataclass(frozen=True, slots=True)

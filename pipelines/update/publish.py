@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from captioning.archives.records import Shard
+from indexing.ann import AnnConfig
 from indexing.build import IndexEntry, Manifest, write_index
 from indexing.catalog import (
     CATALOG_COLUMNS,
@@ -233,6 +234,7 @@ def write_version(
     entries: list[IndexEntry],
     vectors: np.ndarray,
     manifest: Manifest,
+    ann: AnnConfig | None = None,
 ) -> None:
     """Everything of one version into its temporary directory (publish renames it)."""
     with col.fs.open(f"{tmp_dir}/{CATALOG_FILE}", "wb") as f:
@@ -242,7 +244,7 @@ def write_version(
     if vectors.size == 0:
         vectors = np.zeros((0, manifest.dimension), dtype=np.float32)
     # write_index writes to local disk (FAISS); remote collections are not supported yet there
-    write_index(f"{tmp_dir}/{INDEX_DIR}", entries, vectors, manifest, overwrite=False)
+    write_index(f"{tmp_dir}/{INDEX_DIR}", entries, vectors, manifest, overwrite=False, ann=ann)
 
 
 def plan_counts(plan: pa.Table) -> dict[str, int]:

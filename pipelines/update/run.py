@@ -319,7 +319,9 @@ class _Night:
         )
         name = self.col.next_version()
         tmp = self.col.new_version_dir(name)
-        write_version(self.col, tmp, catalog, fingerprints, entries, vectors, manifest)
+        write_version(
+            self.col, tmp, catalog, fingerprints, entries, vectors, manifest, self.config.ann
+        )
         record = {
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "run_id": self.run_id,

@@ -144,6 +144,9 @@ def test_no_caption_files_is_a_clear_error(tmp_path: Path, make: str) -> None:
         ({"out_dir": "gs://bucket/index"}, "out_dir must be a local directory"),
         ({"out_dir": ""}, "out_dir is empty"),
         ({"embedder": ""}, "embedder is empty"),
+        ({"index_type": "annoy"}, "index"),
+        ({"target_recall": 1.5}, "recall"),
+        ({"memory_budget": "4 parsecs"}, "memory"),
     ],
 )
 def test_config_validation(tmp_path: Path, overrides: dict[str, object], message: str) -> None:

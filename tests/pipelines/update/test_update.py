@@ -282,3 +282,15 @@ def test_a_night_over_the_failure_limit_publishes_nothing(
         ("failed", "decode")
     }
     assert len(open_index(root).search("a", k=20)) == 4  # failures are catalogued, not indexed
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf-pq"])
+def test_a_collection_refuses_indexes_that_cannot_remove_ids(
+    index_type: str, tmp_path: Path, tiny_caption_model: Path, tiny_embedder_dir: Path
+) -> None:
+    """A collection changes every night: its index must take adds and removals (IVF, Flat)."""
+    from tests.pipelines.update.helpers import config
+
+    with pytest.raises(ValueError, match=index_type):
+        config(tmp_path, tmp_path / "col", tiny_caption_model, tiny_embedder_dir,
+               index_type=index_type)  # fmt: skip
