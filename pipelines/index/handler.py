@@ -5,14 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from indexing.assemble import CaptionText, EmbeddedCaption
 from indexing.embed import EmbedderError, TextEmbedder, resolve_embedder
 
+# pipelines.index.pipeline's namespace (it imports this module, so it cannot be imported here).
+METRICS_NAMESPACE = "imgindex.index"
+
 
 class SentenceEmbeddingHandler(ModelHandler[CaptionText, EmbeddedCaption, TextEmbedder]):
     """RunInference handler: CaptionText batches -> EmbeddedCaption, one per input.
+
+    Identical caption texts in a batch go through the model once (TextEmbedder.embed dedupes).
 
     Args:
         embedder_name: ResolvedEmbedder.name (DEFAULT_EMBEDDER or an absolute local directory);
@@ -21,16 +27,23 @@ class SentenceEmbeddingHandler(ModelHandler[CaptionText, EmbeddedCaption, TextEm
             the manifest written at the end names the model that made the vectors.
         batch_size: captions per batch.
         device: torch device; None lets sentence-transformers pick (a GPU when there is one).
+        cpu_bf16: see TextEmbedder (bf16 autocast on CPUs with native bf16).
     """
 
     def __init__(
-        self, embedder_name: str, embedder_sha256: str, batch_size: int, device: str | None = None
+        self,
+        embedder_name: str,
+        embedder_sha256: str,
+        batch_size: int,
+        device: str | None = None,
+        cpu_bf16: bool = True,
     ) -> None:
         super().__init__()
         self._embedder_name = embedder_name
         self._embedder_sha256 = embedder_sha256
         self._batch_size = batch_size
         self._device = device
+        self._cpu_bf16 = cpu_bf16
 
     def load_model(self) -> TextEmbedder:
         resolved = resolve_embedder(self._embedder_name)
@@ -40,7 +53,7 @@ class SentenceEmbeddingHandler(ModelHandler[CaptionText, EmbeddedCaption, TextEm
                 f"here but {self._embedder_sha256} where the pipeline was launched: install the "
                 "same model on every worker"
             )
-        return TextEmbedder(resolved, device=self._device)
+        return TextEmbedder(resolved, device=self._device, cpu_bf16=self._cpu_bf16)
 
     def run_inference(
         self,
@@ -48,7 +61,12 @@ class SentenceEmbeddingHandler(ModelHandler[CaptionText, EmbeddedCaption, TextEm
         model: TextEmbedder,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[EmbeddedCaption]:
-        vectors = model.embed([c.caption for c in batch], batch_size=len(batch))  # (B, D)
+        texts = [c.caption for c in batch]
+        # embed runs each distinct text through the model once and copies its row to repeats.
+        repeats = len(texts) - len(set(texts))
+        if repeats:
+            Metrics.counter(METRICS_NAMESPACE, "repeated_captions_embedded_once").inc(repeats)
+        vectors = model.embed(texts, batch_size=len(batch))  # (B, D)
         return [
             EmbeddedCaption(caption, vector)  # vector: (D,)
             for caption, vector in zip(batch, vectors, strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from indexing.embed import (
     EmbedderError,
     TextEmbedder,
     resolve_embedder,
+    unique_texts,
 )
 from tests.indexing._helpers import TINY_HIDDEN
 
@@ -39,7 +41,70 @@ def test_packaged_weights_mismatch_is_detected(monkeypatch: pytest.MonkeyPatch) 
 
 def test_hub_id_is_refused_with_a_local_directory_hint() -> None:
     with pytest.raises(EmbedderError, match="not found locally.*unreachable.*local"):
-        resolve_embedder("sentence-transformers/all-mpnet-base-v2")
+        resolve_embedder("sentence-transformers/all-MiniLM-L12-v2")
+
+
+@pytest.mark.parametrize("name", ["mpnet", "all-mpnet-base-v2"])
+def test_named_embedder_not_installed_says_which_make_target(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMGINDEX_CACHE", str(tmp_path))
+    with pytest.raises(EmbedderError, match="run `make embedder-mpnet` first"):
+        resolve_embedder(name)
+
+
+def test_named_embedder_resolves_installed_directory_and_checks_its_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMGINDEX_CACHE", str(tmp_path))
+    installed = tmp_path / "embedders" / "all-mpnet-base-v2"
+    installed.mkdir(parents=True)
+    (installed / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(EmbedderError, match="expected 78c0197b.*make embedder-mpnet` again"):
+        resolve_embedder("mpnet")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    fake = dataclasses.replace(embed.NAMED_EMBEDDERS["mpnet"], sha256=digest)
+    monkeypatch.setitem(embed.NAMED_EMBEDDERS, "mpnet", fake)
+    resolved = resolve_embedder("mpnet")
+    assert (resolved.name, resolved.path, resolved.sha256) == (
+        "all-mpnet-base-v2",
+        installed,
+        digest,
+    )
+
+
+def test_unique_texts_keeps_first_seen_order() -> None:
+    distinct, inverse = unique_texts(["b", "a", "b", "c", "a"])
+    assert distinct == ["b", "a", "c"]
+    assert inverse.tolist() == [0, 1, 0, 2, 1]
+    assert [distinct[i] for i in inverse] == ["b", "a", "b", "c", "a"]
+
+
+class CountingEmbedder(TextEmbedder):
+    """Records every list of texts that reaches the model."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.calls: list[list[str]] = []
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        self.calls.append(list(texts))
+        return super().encode(texts, batch_size)
+
+
+def test_repeated_texts_reach_the_model_once_and_match_one_at_a_time(
+    tiny_model_dir: Path,
+) -> None:
+    embedder = CountingEmbedder(resolve_embedder(str(tiny_model_dir)), device="cpu")
+    embedder.calls.clear()  # construction may probe the width
+    texts = ["a red circle", "two blue squares", "a red circle", "x", "two blue squares"]
+    vectors = embedder.embed(texts, batch_size=8)  # (5, D)
+    assert embedder.calls == [["a red circle", "two blue squares", "x"]]
+    assert vectors.shape == (5, TINY_HIDDEN)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    np.testing.assert_array_equal(vectors[1], vectors[4])
+    for text, vector in zip(texts, vectors, strict=True):
+        np.testing.assert_allclose(vector, embedder.embed([text], batch_size=1)[0], atol=1e-5)
 
 
 def test_local_directory_with_pytorch_bin_only(tmp_path: Path) -> None:
@@ -133,3 +198,26 @@ def test_loading_an_embedder_leaves_the_environment_alone(
     embedder = TextEmbedder(resolve_embedder(str(tiny_model_dir)), device="cpu")
     assert embedder.embed(["a red circle"]).shape == (1, embedder.dimension)
     assert dict(os.environ) == before
+
+
+def test_cpu_bf16_gives_unit_rows_close_to_float32(tiny_model_dir: Path) -> None:
+    if not embed._cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    resolved = resolve_embedder(str(tiny_model_dir))
+    bf16 = TextEmbedder(resolved, device="cpu")  # the default on a native-bf16 CPU
+    float32 = TextEmbedder(resolved, device="cpu", cpu_bf16=False)
+    assert bf16.uses_bf16 and not float32.uses_bf16
+    texts = ["a red circle", "two blue squares", "a small green star", "x", "a red circle"]
+    vectors = bf16.embed(texts)  # (5, D)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = np.sum(vectors * float32.embed(texts), axis=1)  # (5,)
+    assert cosines.min() >= 0.99
+
+
+def test_cpu_bf16_falls_back_to_float32_without_native_bf16(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embed, "_cpu_has_native_bf16", lambda: False)
+    embedder = TextEmbedder(resolve_embedder(str(tiny_model_dir)), device="cpu", cpu_bf16=True)
+    assert not embedder.uses_bf16
