@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from captioning.archives.records import ReadConfig
-from pipelines.caption.config import CaptionConfig
 from pipelines.cli.common import (
     CaptionerFlags,
     app,
@@ -26,6 +24,7 @@ from pipelines.cli.job_commands import (
     BEAM_ARGS_HELP,
     JOB_OPTIONS,
     IndexTypeOpt,
+    JobFlags,
     MemoryBudgetOpt,
     TargetRecallOpt,
 )
@@ -99,17 +98,9 @@ class UpdateFlags:
     target_recall: float
 
     def config(self, input_: str, collection: str, captioner: CaptionerFlags) -> UpdateConfig:
-        caption = CaptionConfig(
-            input=input_,
-            out=collection,
-            model=captioner.model,
-            batch_size=self.batch_size,
-            captioner=captioner.options,
-            read=ReadConfig(image_column=self.image_column),
-            model_copies=self.model_copies,
-            decode_on=self.decode_on,
-            max_failure_rate=self.max_failure_rate,
-        )
+        job = JobFlags(self.batch_size, False, self.image_column, self.model_copies,
+                       self.decode_on, self.max_failure_rate)  # fmt: skip
+        caption = job.caption_config(input_, collection, captioner)
         return UpdateConfig(
             caption=caption,
             collection=collection,

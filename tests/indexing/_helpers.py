@@ -110,3 +110,15 @@ def colour_shape_captions() -> list[str]:
         for shape in shapes
         for count in counts
     ]
+
+
+class CountingEmbedder(TextEmbedder):
+    """Records every list of texts that reaches the model."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.calls: list[list[str]] = []
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        self.calls.append(list(texts))
+        return super().encode(texts, batch_size)

@@ -22,7 +22,7 @@ from indexing.embed import (
     resolve_embedder,
     unique_texts,
 )
-from tests.indexing._helpers import TINY_HIDDEN
+from tests.indexing._helpers import TINY_HIDDEN, CountingEmbedder
 
 
 @pytest.mark.parametrize("name", [DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2"])
@@ -78,18 +78,6 @@ def test_unique_texts_keeps_first_seen_order() -> None:
     assert distinct == ["b", "a", "c"]
     assert inverse.tolist() == [0, 1, 0, 2, 1]
     assert [distinct[i] for i in inverse] == ["b", "a", "b", "c", "a"]
-
-
-class CountingEmbedder(TextEmbedder):
-    """Records every list of texts that reaches the model."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        self.calls: list[list[str]] = []
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-
-    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        self.calls.append(list(texts))
-        return super().encode(texts, batch_size)
 
 
 def test_repeated_texts_reach_the_model_once_and_match_one_at_a_time(

@@ -7,20 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from indexing.assemble import CaptionText
-from indexing.embed import TextEmbedder, resolve_embedder
+from indexing.embed import resolve_embedder
 from pipelines.index.handler import SentenceEmbeddingHandler
-
-
-class CountingEmbedder(TextEmbedder):
-    """Records every list of texts that reaches the model."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        self.calls: list[list[str]] = []
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-
-    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        self.calls.append(list(texts))
-        return super().encode(texts, batch_size)
+from tests.indexing._helpers import CountingEmbedder
 
 
 def test_repeated_captions_are_embedded_once_and_match_one_at_a_time(
