@@ -27,6 +27,7 @@ import numpy as np
 import sentence_transformers
 import torch
 import transformers
+from machine import cpu_model
 
 from captioning.archives.synthetic.world import describe, sample_scene
 from indexing.embed import DEFAULT_EMBEDDER, resolve_embedder, unique_texts
@@ -37,14 +38,8 @@ K = 10
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"{cpu_model()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), sentence-transformers "
         f"{sentence_transformers.__version__}, transformers {transformers.__version__}, "
         f"Python {platform.python_version()}"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import os
 import platform
 import random
 import shutil
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 from captioning.archives.synthetic.world import describe, sample_scene  # noqa: E402
 from indexing.ann import AUTO, AnnConfig  # noqa: E402
@@ -57,14 +57,8 @@ GOAL_P99_MS = 5.0
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return (
-        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+        f"{cpu_model()}; Python {platform.python_version()}, "
         f"faiss {faiss.__version__}, numpy {np.__version__}"
     )
 

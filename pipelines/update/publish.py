@@ -23,7 +23,6 @@ from indexing.build import IndexEntry, Manifest, write_index
 from indexing.catalog import (
     CATALOG_COLUMNS,
     CATALOG_SCHEMA,
-    PLAN_SCHEMA,
     SHARDS_SCHEMA,
     text_sha256,
     with_caption,
@@ -250,17 +249,3 @@ def write_version(
 def plan_counts(plan: pa.Table) -> dict[str, int]:
     actions = pc.value_counts(plan.column("action")).to_pylist()
     return {a["values"]: a["counts"] for a in actions}
-
-
-__all__ = [
-    "PLAN_SCHEMA",
-    "Work",
-    "assemble_catalog",
-    "choose_work",
-    "embed_captions",
-    "index_entries",
-    "plan_counts",
-    "read_tables",
-    "work_items",
-    "write_version",
-]

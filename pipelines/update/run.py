@@ -39,6 +39,7 @@ from indexing.collection import (
     FAILURES_DIR,
     RUNS_DIR,
     SHARDS_FILE,
+    VERSION_FILE,
     VERSIONS_DIR,
     Collection,
     CollectionError,
@@ -134,10 +135,19 @@ class _Night:
         self.model, self.beam_args = model, beam_args
         self.previous = col.current()
         self.stage_seconds: dict[str, float] = {}
+        # The current version's shard fingerprints and record, read once (_check_previous
+        # checks the tables are readable first).
+        self.before: dict[str, str] = {}
+        self.record: dict[str, Any] = {}
 
     def run(self, embedder: Any) -> UpdateSummary:
         if self.previous:
             self._check_previous()
+            table = read_tables([self.col.version_url(self.previous, SHARDS_FILE)], SHARDS_SCHEMA)
+            sources, prints = table.column("source"), table.column("fingerprint")
+            self.before = dict(zip(sources.to_pylist(), prints.to_pylist(), strict=True))
+            self.record = self.col.read_json(f"{VERSIONS_DIR}/{self.previous}/{VERSION_FILE}",
+                                             "version record")  # fmt: skip
         with self._timed("list"):
             fingerprints, changed, unchanged = self._fingerprint()
         if self._same_as_before(changed, unchanged):
@@ -156,7 +166,7 @@ class _Night:
         catalog, done = assemble_catalog(plan, work, captions, failures)
         tally = self._counts(plan, counts, done, work, len(changed))
         self._check_failure_rate(tally)
-        if self._nothing_to_do(tally, fingerprints):
+        if self._nothing_to_do(tally):
             return self._summary(tally, published=False, note="nothing changed: no new version")
         with self._timed("publish"):
             name = self._publish(catalog, fingerprints, EmbedderLoader(embedder), tally)
@@ -170,17 +180,12 @@ class _Night:
 
     # -- listing ---------------------------------------------------------------------------
     def _fingerprint(self) -> tuple[pa.Table, list[Shard], frozenset[str]]:
-        previous: dict[str, str] = {}
-        if self.previous:
-            table = read_tables([self.col.version_url(self.previous, SHARDS_FILE)], SHARDS_SCHEMA)
-            sources, prints = table.column("source"), table.column("fingerprint")
-            previous = dict(zip(sources.to_pylist(), prints.to_pylist(), strict=True))
         rows, changed, unchanged = [], [], set()
         for shard in self.shards:
             fs, path = _fs(shard.uri)
             fp = fingerprint(fs.info(path))
             rows.append({"source": shard.uri, "kind": shard.kind, "fingerprint": fp})
-            if previous.get(shard.uri) == fp:
+            if self.before.get(shard.uri) == fp:
                 unchanged.add(shard.uri)
             else:
                 changed.append(shard)
@@ -207,17 +212,14 @@ class _Night:
         job runs at all."""
         if not self.previous or changed:
             return False
-        before = read_tables([self.col.version_url(self.previous, SHARDS_FILE)], SHARDS_SCHEMA)
-        record = self.col.read_json(f"{VERSIONS_DIR}/{self.previous}/version.json", "version")
         return (
-            set(before.column("source").to_pylist()) == set(unchanged)
-            and record.get("model_version") == self.model[1]
-            and record.get("counts", {}).get("deferred", 1) == 0
+            len(unchanged) == len(self.before)  # unchanged shards are among `before`'s
+            and self.record.get("model_version") == self.model[1]
+            and self.record.get("counts", {}).get("deferred", 1) == 0
         )
 
     def _unchanged_counts(self) -> UpdateCounts:
-        record = self.col.read_json(f"{VERSIONS_DIR}/{self.previous}/version.json", "version")
-        live = int(record.get("counts", {}).get("catalog", 0))
+        live = int(self.record.get("counts", {}).get("catalog", 0))
         return UpdateCounts(
             listed=live, unchanged=live, shards_listed=len(self.shards), shards_read=0
         )
@@ -293,7 +295,7 @@ class _Night:
                 f"{self.col.url(FAILURES_DIR)}"
             )
 
-    def _nothing_to_do(self, tally: UpdateCounts, fingerprints: pa.Table) -> bool:
+    def _nothing_to_do(self, tally: UpdateCounts) -> bool:
         if self.previous is None:
             return False
         moved = tally.new + tally.changed + tally.deleted + tally.captioned + tally.reused
@@ -410,6 +412,3 @@ def _fs(uri: str) -> tuple[Any, str]:
 
 def summary_json(summary: UpdateSummary) -> str:
     return json.dumps(summary.to_dict(), indent=2)
-
-
-__all__ = ["CATALOG_SCHEMA", "UpdateSummary", "run_update", "summary_json"]
