@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -26,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import cpu_model  # noqa: E402
 
 from captioning.archives.synthetic.writer import ArchiveConfig, write_archive  # noqa: E402
 
@@ -98,8 +99,7 @@ def main() -> None:
     rows.append(("night 3: nothing changed (list + fingerprint + join)", night3, s3))
     baseline, _ = timed(["run", str(archive), "--out", str(full)])
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")  # fmt: skip
+    print(f"machine: {cpu_model()}, Python {platform.python_version()}")
     print(f"archive: {args.images} images in {args.shards} tar shards (+1 new shard on night 2)")
     print("| run | wall s | vs full run | new | changed | deleted | captioned | reused | "
           "shards read | published |")  # fmt: skip
