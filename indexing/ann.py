@@ -61,7 +61,9 @@ IVF_TYPES: Final = (IVF_FLAT, IVF_SQ8, IVF_PQ)
 FLAT_FACTORY: Final = "IDMap2,Flat"
 FLAT_MAX_VECTORS: Final = 50_000
 MIN_POINTS_PER_LIST: Final = 39
-TRAIN_POINTS_PER_LIST: Final = 256  # FAISS's k-means samples at most this many per centroid
+# k-means trains on a seeded sample of this many rows per list (FAISS's own cap is 256): at 1M
+# rows IVF4096 trains on 262k rows instead of all of them, 4x less k-means time on 2 cores.
+TRAIN_POINTS_PER_LIST: Final = 64
 HNSW_M: Final = 32
 DEFAULT_TARGET_RECALL: Final = 0.95
 # Per-vector bookkeeping: an int64 id, plus ~16 bytes of hashtable / reverse map entry.
