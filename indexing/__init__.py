@@ -8,6 +8,9 @@ used):
     from indexing import open_index
     for hit in open_index("out/index").search("a red circle left of a blue square", k=5):
         print(hit.rank, hit.score, hit.key, hit.caption, hit.source, hit.member)
+
+    from indexing import Retriever, SearchFilter   # hybrid (vector + BM25) search with filters
+    hits = Retriever.open("out/index").query("red circle", k=10, filters=SearchFilter(min_width=64))
 """
 
 from __future__ import annotations
@@ -18,15 +21,30 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from indexing.embed import TextEmbedder
     from indexing.errors import IndexingError
+    from indexing.filters import QueryError, SearchFilter
+    from indexing.retrieval import RankedHit, Retriever
     from indexing.search import SearchHit, open_index
 
 _EXPORTS = {
     "IndexingError": "indexing.errors",
+    "QueryError": "indexing.filters",
+    "RankedHit": "indexing.retrieval",
+    "Retriever": "indexing.retrieval",
+    "SearchFilter": "indexing.filters",
     "SearchHit": "indexing.search",
     "TextEmbedder": "indexing.embed",
     "open_index": "indexing.search",
 }
-__all__ = ["IndexingError", "SearchHit", "TextEmbedder", "open_index"]
+__all__ = [
+    "IndexingError",
+    "QueryError",
+    "RankedHit",
+    "Retriever",
+    "SearchFilter",
+    "SearchHit",
+    "TextEmbedder",
+    "open_index",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -39,6 +39,7 @@ training points per list: 1M -> 4096, 20k -> 512.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -49,6 +50,7 @@ import faiss
 import numpy as np
 
 from indexing.errors import IndexingError
+from indexing.gpu import add_on_gpus, gpu_available, kmeans_on_gpus
 
 logger = logging.getLogger(__name__)
 
@@ -270,17 +272,43 @@ def candidates(n: int, d: int, config: AnnConfig) -> list[IndexPlan]:
     )
 
 
-def _training_sample(vectors: np.ndarray, nlist: int, seed: int) -> np.ndarray:
-    n = len(vectors)
+def training_rows(n: int, nlist: int, seed: int) -> np.ndarray | None:
+    """Sorted int64 rows (of n) an IVF index of nlist lists trains on; None: all n rows.
+
+    The one sampling rule of build_ann_index and of the sharded build (indexing.shards), so both
+    train the same quantizer on the same rows.
+    """
     size = min(n, max(nlist * TRAIN_POINTS_PER_LIST, 16 * MIN_POINTS_PER_LIST))
     if size == n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))  # (S,)
+
+
+def _training_sample(vectors: np.ndarray, nlist: int, seed: int) -> np.ndarray:
+    rows = training_rows(len(vectors), nlist, seed)  # (S,) or None
+    if rows is None:
         return vectors
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))  # (S,)
     return np.ascontiguousarray(vectors[rows])  # (N, D) -> (S, D)
+
+
+def trained_empty_index(plan: IndexPlan, train: np.ndarray, seed: int = 0):  # type: ignore[no-untyped-def]
+    """An empty index for ``plan``: IVF types trained on float32 (S, D) ``train`` as
+    build_ann_index trains them (its seed; k-means on the GPUs when available), without a direct
+    map; other types need no training (only train's width is used)."""
+    index = faiss.index_factory(train.shape[1], plan.factory, faiss.METRIC_INNER_PRODUCT)
+    if plan.index_type in IVF_TYPES:
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = seed
+        with kmeans_on_gpus(ivf) if gpu_available() else contextlib.nullcontext():
+            index.train(train)  # (S, D)
+    return index
 
 
 def build_ann_index(plan: IndexPlan, ids: np.ndarray, vectors: np.ndarray, seed: int = 0):  # type: ignore[no-untyped-def]
     """Train (IVF types, on a seeded sample) and fill a FAISS index for ``plan``.
+
+    With faiss-gpu and a GPU (indexing.gpu.gpu_available), the IVF k-means runs on the GPUs and
+    IVF-Flat/IVF-SQ8 are filled there; the index returned is always a CPU index.
 
     Args:
         plan: from choose or plan_for.
@@ -293,14 +321,26 @@ def build_ann_index(plan: IndexPlan, ids: np.ndarray, vectors: np.ndarray, seed:
     """
     d = vectors.shape[1]
     index = faiss.index_factory(d, plan.factory, faiss.METRIC_INNER_PRODUCT)
-    if plan.index_type in IVF_TYPES:
+    if plan.index_type not in IVF_TYPES:
+        if len(vectors):
+            index.add_with_ids(vectors, ids)  # (N, D) with (N,) ids
+        return index
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.seed = seed
+    on_gpus = gpu_available()
+    sample = _training_sample(vectors, plan.nlist or 1, seed)  # (S, D)
+    with kmeans_on_gpus(ivf) if on_gpus else contextlib.nullcontext():
+        index.train(sample)  # (S, D)
+    if plan.index_type == IVF_PQ:  # fast-scan lists and the refine store: CPU only
+        if len(vectors):
+            index.add_with_ids(vectors, ids)  # (N, D) with (N,) ids
+        return index
+    if on_gpus and len(vectors):
+        index = add_on_gpus(index, vectors, ids)  # (N, D) with (N,) ids, back on the CPU
         ivf = faiss.extract_index_ivf(index)
-        ivf.cp.seed = seed
-        if plan.index_type != IVF_PQ:
-            # Explicit ids in the lists + a hashtable: add/remove/reconstruct by id, no IDMap.
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
-        index.train(_training_sample(vectors, plan.nlist or 1, seed))  # (S, D)
-    if len(vectors):
+    # Explicit ids in the lists + a hashtable: add/remove/reconstruct by id, no IDMap.
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
+    if not on_gpus and len(vectors):
         index.add_with_ids(vectors, ids)  # (N, D) with (N,) ids
     return index
 

@@ -19,8 +19,12 @@ logger = logging.getLogger(__name__)
 
 # The columns of a captions table (pipelines' CAPTION_SCHEMA) that an index needs.
 INDEX_COLUMNS = ("key", "caption", "source", "member")
-# Columns it carries along when the table has them (a caption run before them has not).
+# Columns it carries along when the table has them (a caption run before them has not): the
+# source's own fields, then the image's digest and size and the caption's provenance (filters and
+# display in the search service). All are strings but INTEGER_COLUMNS.
 SOURCE_COLUMNS = ("url", "alt_text", "metadata")
+DETAIL_COLUMNS = ("sha256", "width", "height", "model", "model_version", "captioned_at")
+INTEGER_COLUMNS = ("width", "height")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,12 @@ class CaptionText:
     url: str | None = None
     alt_text: str | None = None
     metadata: str | None = None  # JSON object
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    model: str | None = None
+    model_version: str | None = None
+    captioned_at: str | None = None  # ISO-8601 UTC
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # eq=False: ndarray == is elementwise
@@ -47,7 +57,8 @@ class EmbeddedCaption:
 def caption_text(row: Mapping[str, Any]) -> CaptionText | str:
     """Turn a caption Parquet row into a CaptionText, or the reason it cannot be indexed.
 
-    SOURCE_COLUMNS the row lacks (a caption run written before them) or holds as null are None.
+    SOURCE_COLUMNS and DETAIL_COLUMNS the row lacks (a caption run written before them) or holds
+    as null are None.
 
     Returns:
         The CaptionText, or a short stable reason: "missing_<column>" for a null key, source or
@@ -64,9 +75,7 @@ def caption_text(row: Mapping[str, Any]) -> CaptionText | str:
         caption=caption,
         source=row["source"],
         member=row["member"],
-        url=row.get("url"),
-        alt_text=row.get("alt_text"),
-        metadata=row.get("metadata"),
+        **{name: row.get(name) for name in (*SOURCE_COLUMNS, *DETAIL_COLUMNS)},
     )
 
 
@@ -105,17 +114,9 @@ def assemble_index(embedded: Iterable[EmbeddedCaption], dimension: int) -> Assem
         ):
             continue
         kept.append(item)
+    carried = (*INDEX_COLUMNS, *SOURCE_COLUMNS, *DETAIL_COLUMNS)
     entries = [
-        IndexEntry(
-            id=i,
-            key=e.caption.key,
-            caption=e.caption.caption,
-            source=e.caption.source,
-            member=e.caption.member,
-            url=e.caption.url,
-            alt_text=e.caption.alt_text,
-            metadata=e.caption.metadata,
-        )
+        IndexEntry(id=i, **{name: getattr(e.caption, name) for name in carried})
         for i, e in enumerate(kept)
     ]
     if kept:

@@ -1,14 +1,16 @@
 """Caption entries + their unit-norm vectors (N, D) -> an index directory on local disk.
 
-An index directory holds four files:
+An index directory holds four files and the keyword index:
 
 - ``index.faiss``: ``IndexIDMap2`` over an exact ``IndexFlatIP`` (factory string INDEX_FACTORY,
   inner-product metric). FAISS ids are the entry ids, not row numbers, so ids stay stable if the
   index is later rebuilt in another order, merged, or swapped for an approximate one, and
   ``reconstruct(id)`` works.
 - ``mapping.parquet``: one IndexEntry per row (MAPPING_SCHEMA), id -> key, caption, source, member,
-  and what the image's source said about it (url, alt_text, metadata; null when unknown). An index
-  written before those columns existed still opens: they read as null.
+  what the image's source said about it (url, alt_text, metadata), and the image's sha256 and size
+  and its caption's provenance (model, model_version, captioned_at), null where unknown. An index
+  written before those columns existed still opens: they read as null
+  (OPTIONAL_MAPPING_COLUMNS).
 - ``embeddings.parquet``: id, key and the vector (embeddings_schema(D)), so an index can be rebuilt
   (another FAISS type, a merge) without re-embedding.
 - ``manifest.json``: the Manifest: which embedder, dimension, count, metric, caption files, and
@@ -16,6 +18,8 @@ An index directory holds four files:
   string, tuned search parameters, measured recall@10, ms/query and resident bytes. Those fields
   are left out while they hold their defaults (exact Flat), so an exact index's manifest is the
   same as before index types existed and older manifests load as exact Flat.
+- ``keyword/``: the BM25 full-text index over the mapping's captions (indexing.keyword, tantivy),
+  with the filter fields; an index written before it existed gets one built in memory on open.
 
 Inner product on unit-norm vectors is cosine similarity; write_index refuses vectors that are not
 unit-norm so the recorded metric stays true.
@@ -43,13 +47,16 @@ from indexing.ann import (
     FLAT,
     FLAT_FACTORY,
     INDEX_TYPES,
+    IVF_TYPES,
     AnnConfig,
     IndexPlan,
     build_ann_index,
     candidates,
     factory_nlist,
 )
+from indexing.drift import measure_fit
 from indexing.errors import IndexingError, OutputExistsError
+from indexing.keyword import KEYWORD_DIR, write_keyword_index
 from indexing.tuning import (
     TargetRecallError,
     TuningResult,
@@ -64,7 +71,7 @@ INDEX_FILE = "index.faiss"
 MAPPING_FILE = "mapping.parquet"
 EMBEDDINGS_FILE = "embeddings.parquet"
 MANIFEST_FILE = "manifest.json"
-INDEX_FILES = (INDEX_FILE, MAPPING_FILE, EMBEDDINGS_FILE, MANIFEST_FILE)
+INDEX_FILES = (INDEX_FILE, MAPPING_FILE, EMBEDDINGS_FILE, MANIFEST_FILE, KEYWORD_DIR)
 
 INDEX_FACTORY = FLAT_FACTORY  # with faiss.METRIC_INNER_PRODUCT: IndexIDMap2(IndexFlatIP(D))
 METRIC = "inner_product"
@@ -88,6 +95,10 @@ class IndexEntry:
         url: where the image's source says it came from (img2dataset's ``url``), or None.
         alt_text: the source's own caption (img2dataset's original alt text), or None.
         metadata: a JSON object of the source's other fields, or None.
+        sha256: hex digest of the image's bytes, or None.
+        width, height: the decoded image's size in pixels, or None.
+        model, model_version: the captioner's name and version, or None.
+        captioned_at: ISO-8601 UTC time of the caption, or None.
     """
 
     id: int
@@ -98,6 +109,12 @@ class IndexEntry:
     url: str | None = None
     alt_text: str | None = None
     metadata: str | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    model: str | None = None
+    model_version: str | None = None
+    captioned_at: str | None = None
 
 
 MAPPING_SCHEMA = pa.schema(
@@ -110,10 +127,26 @@ MAPPING_SCHEMA = pa.schema(
         pa.field("url", pa.string()),
         pa.field("alt_text", pa.string()),
         pa.field("metadata", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("model", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("captioned_at", pa.string()),
     ]
 )
 # MAPPING_SCHEMA's columns an older index may lack (they read as null).
-OPTIONAL_MAPPING_COLUMNS = ("url", "alt_text", "metadata")
+OPTIONAL_MAPPING_COLUMNS = (
+    "url",
+    "alt_text",
+    "metadata",
+    "sha256",
+    "width",
+    "height",
+    "model",
+    "model_version",
+    "captioned_at",
+)
 
 
 def embeddings_schema(dimension: int) -> pa.Schema:
@@ -154,6 +187,10 @@ class Manifest:
         query_ms: batched single-thread ms per query measured at search_params; None for Flat
             (nothing tuned) and for indexes written before it was recorded.
         index_bytes: estimated resident bytes of the loaded index; None if not recorded.
+        trained_count, train_residual, train_imbalance: IVF types: the vectors in the index when
+            its quantizer was trained, their mean squared distance to their centroid and the
+            lists' imbalance factor then (indexing.drift); an incremental update keeps them, so
+            the next one can tell drift and growth since training. None otherwise.
     """
 
     embedder_name: str
@@ -172,6 +209,9 @@ class Manifest:
     recall_at_10: float | None = None
     query_ms: float | None = None
     index_bytes: int | None = None
+    trained_count: int | None = None
+    train_residual: float | None = None
+    train_imbalance: float | None = None
 
     @property
     def params(self) -> dict[str, int]:
@@ -283,14 +323,16 @@ class Manifest:
             if not isinstance(params, dict):
                 raise ValueError(f"manifest search_params must be an object, got {params!r}")
             data["search_params"] = tuple(sorted(params.items()))
-        for key in ("target_recall", "recall_at_10", "query_ms"):
+        for key in ("target_recall", "recall_at_10", "query_ms", "train_residual",
+                    "train_imbalance"):  # fmt: skip
             value = data.get(key)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int | float)
             ):
                 raise ValueError(f"manifest {key} must be a number, got {value!r}")
-        if (value := data.get("index_bytes")) is not None and type(value) is not int:
-            raise ValueError(f"manifest index_bytes must be an integer, got {value!r}")
+        for key in ("index_bytes", "trained_count"):
+            if (value := data.get(key)) is not None and type(value) is not int:
+                raise ValueError(f"manifest {key} must be an integer, got {value!r}")
         return cls(**data)
 
 
@@ -302,6 +344,9 @@ _ANN_FIELDS = (
     "recall_at_10",
     "query_ms",
     "index_bytes",
+    "trained_count",
+    "train_residual",
+    "train_imbalance",
 )
 _ANN_DEFAULTS = {f.name: f.default for f in fields(Manifest) if f.name in _ANN_FIELDS}
 _ANN_DEFAULTS["search_params"] = {}
@@ -389,6 +434,7 @@ def _build_plan(
         index = build_ann_index(plan, base_ids, base, ann.seed)
         tuned = tune(index, plan.index_type, plan.nlist, base_ids, base, queries, ann.target_recall)
         index.add_with_ids(queries, ids[held])  # (Q, D) with (Q,) ids
+    fit = measure_fit(index, vectors, ann.seed) if plan.index_type in IVF_TYPES else None
     manifest = replace(
         manifest,
         index_type=plan.index_type,
@@ -398,6 +444,9 @@ def _build_plan(
         recall_at_10=round(tuned.recall_at_10, 6),
         query_ms=None if tuned.query_ms is None else round(tuned.query_ms, 6),
         index_bytes=plan.estimated_bytes,
+        trained_count=None if fit is None else fit.count,
+        train_residual=None if fit is None else fit.residual,
+        train_imbalance=None if fit is None else fit.imbalance,
     )
     return index, manifest
 
@@ -408,28 +457,25 @@ def _write_files(
     vectors: np.ndarray,
     manifest: Manifest,
     ann: AnnConfig | None,
+    prebuilt: faiss.Index | None = None,
 ) -> Manifest:
     ids = np.fromiter((e.id for e in entries), dtype=np.int64, count=len(entries))  # (N,)
     keys = [e.key for e in entries]
-    if ann is None:
+    if prebuilt is not None:
+        index = prebuilt
+    elif ann is None:
         index = _build_faiss_index(ids, vectors)
     else:
         index, manifest = _build_ann(ids, vectors, manifest, ann)
     faiss.write_index(index, str(directory / INDEX_FILE))
-    mapping = pa.table(
-        {
-            "id": ids,
-            "key": keys,
-            "caption": [e.caption for e in entries],
-            "source": [e.source for e in entries],
-            "member": [e.member for e in entries],
-            "url": [e.url for e in entries],
-            "alt_text": [e.alt_text for e in entries],
-            "metadata": [e.metadata for e in entries],
-        },
-        schema=MAPPING_SCHEMA,
-    )
+    columns = {
+        name: [getattr(e, name) for e in entries]
+        for name in MAPPING_SCHEMA.names
+        if name not in ("id", "key")
+    }
+    mapping = pa.table({"id": ids, "key": keys, **columns}, schema=MAPPING_SCHEMA)
     pq.write_table(mapping, directory / MAPPING_FILE)
+    write_keyword_index(directory / KEYWORD_DIR, mapping)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())  # (N, D) -> (N*D,)
     embedding = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])  # (N*D,) -> N x [D]
     embeddings = pa.table(
@@ -478,6 +524,14 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         logger.warning("could not remove the replaced index at %s; delete it by hand", old)
 
 
+def publish_index_dir(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move a complete index directory written at ``tmp`` onto ``out``, as write_index's last
+    step does (``out`` is checked again first), for a builder that writes the files itself
+    (indexing.sharded). On failure ``tmp`` is left for the caller to remove."""
+    check_index_target(out, overwrite)
+    _swap_into_place(tmp, out)
+
+
 def write_index(
     out_dir: str | PathLike[str],
     entries: Sequence[IndexEntry],
@@ -485,6 +539,7 @@ def write_index(
     manifest: Manifest,
     overwrite: bool = False,
     ann: AnnConfig | None = None,
+    index: faiss.Index | None = None,
 ) -> Path:
     """Write an index directory (see the module docstring) atomically.
 
@@ -499,6 +554,9 @@ def write_index(
         overwrite: replace an existing index at ``out_dir``.
         ann: build an approximate index chosen and tuned by this config (indexing.ann); the
             written manifest records the type, parameters and measured recall. None: exact Flat.
+        index: instead of building one, write this FAISS index, which holds exactly the entries'
+            ids and vectors (an incremental update, indexing.incremental); ``manifest`` must
+            already describe it. Not with ``ann``.
 
     Returns:
         The path of the written index directory.
@@ -510,6 +568,11 @@ def write_index(
             not reached: indexing.tuning.TargetRecallError).
     """
     validate_index_inputs(entries, vectors, manifest)
+    if index is not None and (ann is not None or index.ntotal != len(entries)):
+        raise ValueError(
+            f"a prebuilt index ({index.ntotal} vectors) is written as it is: pass no ann, and "
+            f"one entry per vector it holds ({len(entries)} entries)"
+        )
     vectors = np.ascontiguousarray(vectors)
     out = Path(out_dir)
     check_index_target(out, overwrite)  # fail before the work, checked again before the swap
@@ -517,7 +580,7 @@ def write_index(
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        manifest = _write_files(tmp, entries, vectors, manifest, ann)
+        manifest = _write_files(tmp, entries, vectors, manifest, ann, index)
         check_index_target(out, overwrite)
         _swap_into_place(tmp, out)
     except BaseException:

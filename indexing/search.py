@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from os import PathLike
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from indexing.build import (
 )
 from indexing.collection import INDEX_DIR, VERSIONS_DIR, Collection, is_collection
 from indexing.embed import EmbedderError, TextEmbedder, resolve_embedder
+from indexing.entries import EntryTable
 from indexing.errors import IndexingError
 from indexing.tuning import PARAM_NAMES, check_params, search_with
 
@@ -114,20 +115,34 @@ class SearchIndex:
         mapping: pa.Table,
         manifest: Manifest,
         embedder: TextEmbedder | None = None,
+        version: str | None = None,
     ) -> None:
         self._path = path
         self._index = index
-        self._mapping = mapping
+        self._entries = EntryTable(mapping)  # one chunk per column: fast row lookups
         self._manifest = manifest
         self._embedder = embedder
-        ids = mapping.column("id").to_numpy()  # (N,) int64
-        self._order = np.argsort(ids, kind="stable")  # (N,) row numbers sorted by id
-        self._sorted_ids = ids[self._order]  # (N,)
+        self._version = version
 
     @property
     def path(self) -> Path:
         """The index directory."""
         return self._path
+
+    @property
+    def version(self) -> str | None:
+        """The collection version this index is (open_index given a collection root), or None."""
+        return self._version
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The loaded FAISS index (read-only: search it with indexing.tuning.search_with)."""
+        return self._index
+
+    @property
+    def entries(self) -> EntryTable:
+        """The mapping: id -> row -> entry, key -> row."""
+        return self._entries
 
     @property
     def manifest(self) -> Manifest:
@@ -260,22 +275,15 @@ class SearchIndex:
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchHit]:
         found = ids >= 0  # FAISS pads with -1 when it has fewer than k results
         scores, ids = scores[found], ids[found]  # (k,) -> (h,)
-        rows = self._order[np.searchsorted(self._sorted_ids, ids)]  # (h,) ids -> row numbers
-        entries = self._mapping.take(pa.array(rows, type=pa.int64())).to_pylist()
+        rows = self._entries.rows_of(ids)  # (h,) ids -> row numbers
+        entries = self._entries.entries(rows, _HIT_FIELDS)
         return [
-            SearchHit(
-                rank=rank,
-                score=float(score),
-                key=entry["key"],
-                caption=entry["caption"],
-                source=entry["source"],
-                member=entry["member"],
-                url=entry["url"],
-                alt_text=entry["alt_text"],
-                metadata=entry["metadata"],
-            )
+            SearchHit(rank=rank, score=float(score), **entry)
             for rank, (score, entry) in enumerate(zip(scores, entries, strict=True), start=1)
         ]
+
+
+_HIT_FIELDS = tuple(f.name for f in fields(SearchHit) if f.name not in ("rank", "score"))
 
 
 def _check_embedder(path: Path, manifest: Manifest, sha256: str, dimension: int | None) -> None:
@@ -391,7 +399,7 @@ def open_index(path: str | PathLike[str], embedder: TextEmbedder | None = None) 
             with the manifest.
         EmbedderError: ``embedder`` is not the one the index was built with.
     """
-    root = _index_dir(Path(path))
+    root, version = resolve_index_dir(path)
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise IndexLoadError(f"index directory {root} {what}")
@@ -406,17 +414,23 @@ def open_index(path: str | PathLike[str], embedder: TextEmbedder | None = None) 
     logger.info(
         "opened index %s: %d entries, embedder %s", root, manifest.count, manifest.embedder_name
     )
-    return SearchIndex(root, index, mapping, manifest, embedder)
+    return SearchIndex(root, index, mapping, manifest, embedder, version)
 
 
-def _index_dir(path: Path) -> Path:
-    """A collection root -> its current version's index directory; anything else as it is."""
+def resolve_index_dir(path: str | PathLike[str]) -> tuple[Path, str | None]:
+    """A collection root -> its current version's index directory and the version's name;
+    anything else -> itself and None. CURRENT is read once, so the two agree.
+
+    Raises:
+        IndexLoadError: a collection with no published version.
+    """
+    path = Path(path)
     if not is_collection(path):
-        return path
+        return path, None
     col = Collection.open(path)
     name = col.current()
     if name is None:
         raise IndexLoadError(
             f"collection {path} has no published version yet: run `imgindex update` first"
         )
-    return Path(col.join(VERSIONS_DIR, name, INDEX_DIR))
+    return Path(col.join(VERSIONS_DIR, name, INDEX_DIR)), name

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 MAX_QUERIES = 1000
 RECALL_K = 10
 EF_SEARCH_LADDER = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# A found neighbour within this of the k-th exact score ties with it (float rounding differs
+# between the exact and the approximate kernels).
+TIE_TOLERANCE = 1e-5
 K_FACTOR_LADDER = (1, 2, 4, 8, 16, 32, 64)
 # The search-parameter names each index type accepts.
 PARAM_NAMES: dict[str, tuple[str, ...]] = {
@@ -65,15 +68,22 @@ class TuningResult:
 
 
 class _Params:
-    """A faiss.SearchParameters for an index type, keeping its nested parts alive."""
+    """A faiss.SearchParameters for an index type, keeping its nested parts alive.
 
-    def __init__(self, index_type: str, params: Mapping[str, int]) -> None:
-        self.parts: list[faiss.SearchParameters] = []
+    ``sel`` restricts the search to the ids it holds: on the IVF parameters for IVF types (for
+    ivf-pq, whose IDMap2 would translate a top-level selector into the wrong id space, the
+    selector holds row positions of the IDMap2; see indexing.vector), on the top level otherwise.
+    """
+
+    def __init__(
+        self, index_type: str, params: Mapping[str, int], sel: faiss.IDSelector | None = None
+    ) -> None:
+        self.parts: list[object] = [] if sel is None else [sel]
         self.value: faiss.SearchParameters | None = None
         if index_type in (IVF_FLAT, IVF_SQ8):
-            self.value = _ivf(params)
+            self.value = _ivf(params, sel)
         elif index_type == IVF_PQ:
-            base = _ivf(params)
+            base = _ivf(params, sel)
             refine = faiss.IndexRefineSearchParameters()
             refine.k_factor = float(params["k_factor"])
             refine.base_index_params = base
@@ -82,12 +92,19 @@ class _Params:
         elif index_type == HNSW:
             hnsw = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing in stubs
             hnsw.efSearch = int(params["ef_search"])
+            if sel is not None:
+                hnsw.sel = sel
             self.value = hnsw
+        elif sel is not None:  # flat
+            self.value = faiss.SearchParameters()
+            self.value.sel = sel
 
 
-def _ivf(params: Mapping[str, int]) -> faiss.SearchParametersIVF:
+def _ivf(params: Mapping[str, int], sel: faiss.IDSelector | None) -> faiss.SearchParametersIVF:
     ivf = faiss.SearchParametersIVF()
     ivf.nprobe = int(params["nprobe"])
+    if sel is not None:
+        ivf.sel = sel
     return ivf
 
 
@@ -107,14 +124,23 @@ def check_params(index_type: str, params: Mapping[str, int], nlist: int | None) 
 
 
 def search_with(
-    index: faiss.Index, index_type: str, params: Mapping[str, int], queries: np.ndarray, k: int
+    index: faiss.Index,
+    index_type: str,
+    params: Mapping[str, int],
+    queries: np.ndarray,
+    k: int,
+    sel: faiss.IDSelector | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """index.search with ``params`` passed per call (thread-safe; the index is not changed).
+
+    Args:
+        sel: search only the ids this selector holds (entry ids; row positions of the IDMap2
+            for ivf-pq, see _Params); None searches everything.
 
     Returns:
         scores float32 (Q, k) and ids int64 (Q, k), -1 where fewer than k were found.
     """
-    holder = _Params(index_type, params)
+    holder = _Params(index_type, params, sel)
     if holder.value is None:
         return index.search(queries, k)  # (Q, D) -> (Q, k), (Q, k)
     return index.search(queries, k, params=holder.value)  # (Q, D) -> (Q, k), (Q, k)
@@ -134,9 +160,18 @@ def _ladder(index_type: str, nlist: int | None) -> Iterator[dict[str, int]]:
             yield {"nprobe": nprobe}
 
 
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    hits = sum(len(np.intersect1d(f[f >= 0], t)) for f, t in zip(found, truth, strict=True))
-    return hits / truth.size
+def _recall(
+    found: np.ndarray, truth: np.ndarray, scores: np.ndarray | None = None,
+    kth: np.ndarray | None = None,
+) -> float:  # fmt: skip
+    """Share of the exact top-k (Q, k) found (Q, k). Given the found scores (Q, k) and each
+    query's k-th exact score (Q,), a found id scoring as high as the k-th counts too: among equal
+    vectors (a repeated caption) which ones the exact search listed is arbitrary."""
+    valid = found >= 0  # (Q, k)
+    hit = valid & (found[:, :, None] == truth[:, None, :]).any(axis=2)  # (Q, k, k) -> (Q, k)
+    if scores is not None and kth is not None:
+        hit |= valid & (scores >= kth[:, None] - TIE_TOLERANCE)  # (Q, k)
+    return float(hit.sum()) / truth.size
 
 
 def holdout_rows(n: int, seed: int = 0) -> np.ndarray:
@@ -205,18 +240,48 @@ def tune(
     if index_type == FLAT or k == 0 or len(queries) == 0:
         ms = _timed(index, FLAT, {}, queries, k) if k and len(queries) else 0.0
         return TuningResult({}, 1.0, ms)
-    queries = np.concatenate([queries, between_queries(queries)])  # (Q, D) -> (2Q, D)
-    half = len(queries) // 2
+    queries = tuning_queries(queries)  # (Q, D) -> (2Q, D)
     exact = faiss.IndexFlatIP(base.shape[1])
     exact.add(base)  # (N, D)
-    _, truth_rows = exact.search(queries, k)  # (2Q, D) -> (2Q, k) row numbers
+    truth_scores, truth_rows = exact.search(queries, k)  # (2Q, D) -> (2Q, k) x2
     truth_ids = base_ids[truth_rows]  # (2Q, k) rows -> ids
+    return tune_to_truth(index, index_type, nlist, queries, truth_ids, target_recall,
+                         kth_scores=truth_scores[:, -1])  # fmt: skip
+
+
+def tuning_queries(queries: np.ndarray) -> np.ndarray:
+    """Held-out rows (Q, D) -> the queries tune asks: the rows, then their midpoints (2Q, D)."""
+    return np.concatenate([queries, between_queries(queries)])  # (Q, D) -> (2Q, D)
+
+
+def tune_to_truth(
+    index: faiss.Index,
+    index_type: str,
+    nlist: int | None,
+    queries: np.ndarray,
+    truth_ids: np.ndarray,
+    target_recall: float,
+    kth_scores: np.ndarray | None = None,
+) -> TuningResult:
+    """tune's parameter search, given the exact neighbours (for a caller that computed them
+    without holding every indexed vector, e.g. indexing.sharded from Parquet partitions).
+
+    Args:
+        queries: float32 (2Q, D) from tuning_queries.
+        truth_ids: int64 (2Q, k) ids of each query's k exact nearest indexed vectors.
+        kth_scores: float32 (2Q,) the k-th exact score of each query, if known: a found vector
+            that scores as high is a tie and counts as found (see _recall).
+    """
+    k = truth_ids.shape[1]
+    half = len(queries) // 2
     best = 0.0
     last: dict[str, int] = {}
     for params in _ladder(index_type, nlist):
-        _, found = search_with(index, index_type, params, queries, k)  # (2Q, k)
+        scores, found = search_with(index, index_type, params, queries, k)  # (2Q, k) x2
+        kth = (None, None) if kth_scores is None else (kth_scores[:half], kth_scores[half:])
         recall = min(  # held-out rows, then their midpoints
-            _recall(found[:half], truth_ids[:half]), _recall(found[half:], truth_ids[half:])
+            _recall(found[:half], truth_ids[:half], scores[:half], kth[0]),
+            _recall(found[half:], truth_ids[half:], scores[half:], kth[1]),
         )
         logger.debug("%s %s: recall@10 %.4f", index_type, params, recall)
         best, last = max(best, recall), params

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import faiss
@@ -240,9 +241,7 @@ def test_budget_too_small_for_any_type(tmp_path: Path, vectors: np.ndarray) -> N
 
 
 def copy_index(src: Path, dst: Path) -> Path:
-    dst.mkdir()
-    for path in src.iterdir():
-        (dst / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(src, dst)
     return dst
 
 

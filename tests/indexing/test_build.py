@@ -14,6 +14,7 @@ from indexing import build
 from indexing.build import (
     EMBEDDINGS_FILE,
     INDEX_FILE,
+    KEYWORD_DIR,
     MANIFEST_FILE,
     MAPPING_FILE,
     MAPPING_SCHEMA,
@@ -87,7 +88,7 @@ def test_write_index_files_and_schemas(tmp_path: Path) -> None:
     written_manifest = manifest(7)
     out = write_index(str(tmp_path / "idx"), entries(7), vectors, written_manifest)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [INDEX_FILE, MAPPING_FILE, EMBEDDINGS_FILE, MANIFEST_FILE]
+        [INDEX_FILE, MAPPING_FILE, EMBEDDINGS_FILE, MANIFEST_FILE, KEYWORD_DIR]
     )
     mapping = pq.read_table(out / MAPPING_FILE)
     assert mapping.schema.equals(MAPPING_SCHEMA)
@@ -187,9 +188,9 @@ def test_crash_during_overwrite_keeps_previous_index(
 ) -> None:
     out = tmp_path / "idx"
     write_index(out, entries(3), random_unit_vectors(3, D, seed=8), manifest(3))
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     monkeypatch.setattr(build.pq, "write_table", _failing_write_table(build.pq.write_table))
     with pytest.raises(OSError, match="disk full"):
         write_index(out, entries(4), random_unit_vectors(4, D, seed=9), manifest(4), overwrite=True)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
