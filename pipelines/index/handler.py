@@ -1,10 +1,12 @@
-"""Beam's RunInference over the text embedder: batches of CaptionText -> EmbeddedCaption."""
+"""Beam's RunInference over the text embedder: batches of CaptionText -> EmbeddedCaption
+(SentenceEmbeddingHandler), or of distinct texts -> (text, vector) (TextEmbeddingHandler)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
@@ -79,3 +81,43 @@ class SentenceEmbeddingHandler(ModelHandler[CaptionText, EmbeddedCaption, TextEm
         # A batch job: nothing is waiting on latency, so always fill batches to batch_size
         # instead of letting BatchElements grow them from 1 (bundle ends still flush short ones).
         return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
+
+
+class TextEmbeddingHandler(ModelHandler[str, tuple[str, np.ndarray], TextEmbedder]):
+    """RunInference handler: batches of caption texts -> (text, unit vector (D,)), one per input.
+
+    For texts already made distinct across the job (pipelines.index.dedupe), so each goes through
+    the model once. Loads and checks the model as SentenceEmbeddingHandler does (same arguments).
+    """
+
+    def __init__(
+        self,
+        embedder_name: str,
+        embedder_sha256: str,
+        batch_size: int,
+        device: str | None = None,
+        cpu_bf16: bool = True,
+    ) -> None:
+        super().__init__()
+        self._loader = SentenceEmbeddingHandler(
+            embedder_name, embedder_sha256, batch_size, device, cpu_bf16
+        )
+        self._batch_size = batch_size
+
+    def load_model(self) -> TextEmbedder:
+        return self._loader.load_model()
+
+    def run_inference(
+        self,
+        batch: Sequence[str],
+        model: TextEmbedder,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[tuple[str, np.ndarray]]:
+        vectors = model.embed(list(batch), batch_size=len(batch))  # (B, D)
+        return list(zip(batch, vectors, strict=True))  # vector: (D,)
+
+    def get_num_bytes(self, batch: Sequence[str]) -> int:
+        return sum(len(text.encode("utf-8")) for text in batch)
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return self._loader.batch_elements_kwargs()

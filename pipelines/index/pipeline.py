@@ -1,9 +1,18 @@
 """Caption Parquet files (CAPTION_SCHEMA, under OUT/captions/) -> one FAISS index directory.
 
-The Beam shell is ReadFromParquet -> RunInference(SentenceEmbeddingHandler) -> ToList ->
-WriteIndex; the work is done by indexing.assemble (caption_text, assemble_index,
-write_embedded_index, tested without Beam), indexing.build and indexing.ann (the index type,
-chosen and tuned per IndexConfig.ann).
+The Beam shell is ReadCaptions -> ToCaptionText -> EmbedCaptions (pipelines.index.dedupe: each
+distinct caption text embedded once per job), then one of two builds that write the same index
+(same ids, vectors, index type, tuned parameters and search results):
+
+- parallel (BuildIndex, pipelines.index.sharded): key-range partitions written by many workers,
+  the quantizer trained once on a sample, shards filled by the workers and merged; no step holds
+  every vector or caption. Used from PARALLEL_MIN_ROWS caption rows (IndexConfig.parallel).
+- single-worker: GatherEmbeddings (ToList) -> WriteIndex, which holds every vector and caption in
+  one worker (indexing.assemble.write_embedded_index); for small collections, where the
+  parallel build's extra shuffles and files cost more than they save.
+
+The work is done by indexing.assemble, build, ann, partitions, shards and sharded (tested without
+Beam).
 """
 
 from __future__ import annotations
@@ -22,12 +31,13 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
 from apache_beam.runners.runner import PipelineState
 
 from indexing.ann import AUTO, DEFAULT_TARGET_RECALL, AnnConfig, parse_size
 from indexing.assemble import (
+    DETAIL_COLUMNS,
     INDEX_COLUMNS,
+    INTEGER_COLUMNS,
     SOURCE_COLUMNS,
     CaptionText,
     EmbeddedCaption,
@@ -36,15 +46,22 @@ from indexing.assemble import (
 )
 from indexing.build import MANIFEST_FILE, Manifest, check_index_target
 from indexing.embed import DEFAULT_EMBEDDER, ResolvedEmbedder, resolve_embedder
+from indexing.sharded import remove_work_dir, work_dir_for
 from pipelines import imgindex_version
 from pipelines.errors import UsageError
-from pipelines.index.handler import SentenceEmbeddingHandler
+from pipelines.index.dedupe import EmbedDistinctTexts
+from pipelines.index.handler import TextEmbeddingHandler
+from pipelines.index.sharded import BuildIdentity, BuildShardedIndex
 from pipelines.options import pipeline_options
 
 logger = logging.getLogger(__name__)
 
 CAPTIONS_SUBDIR = "captions"  # where the caption pipeline writes its Parquet files under OUT
 METRICS_NAMESPACE = "imgindex.index"
+# Caption rows (read from the files' footers) from which the parallel build is used by default.
+PARALLEL_MIN_ROWS = 50_000
+# Rows per key range of the parallel build: what one worker orders, writes and fills a shard from.
+ROWS_PER_PARTITION = 50_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,9 @@ class IndexConfig:
             auto picks from the collection size and the memory budget (indexing.ann.choose).
         memory_budget: most resident memory the index may take, e.g. "4GB"; None: no limit.
         target_recall: recall@10 against exact search that the search parameters are tuned to.
+        parallel: build with many workers (pipelines.index.sharded) or in one; None: in
+            parallel from PARALLEL_MIN_ROWS caption rows. Both write the same index.
+        rows_per_partition: rows per key range (partition and shard) of the parallel build.
     """
 
     captions_dir: str
@@ -72,6 +92,8 @@ class IndexConfig:
     index_type: str = AUTO
     memory_budget: str | None = None
     target_recall: float = DEFAULT_TARGET_RECALL
+    parallel: bool | None = None
+    rows_per_partition: int = ROWS_PER_PARTITION
 
     @property
     def ann(self) -> AnnConfig:
@@ -93,6 +115,11 @@ class IndexConfig:
             raise UsageError(f"batch_size must be an int, got {type(self.batch_size).__name__}")
         if self.batch_size <= 0:
             raise UsageError(f"batch_size must be positive, got {self.batch_size}")
+        rows = self.rows_per_partition
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows <= 0:
+            raise UsageError(f"rows_per_partition must be a positive int, got {rows!r}")
+        if self.parallel not in (None, True, False):
+            raise UsageError(f"parallel must be True, False or None (auto), got {self.parallel!r}")
         _ = self.ann  # validates index_type, memory_budget and target_recall
         find_caption_files(self.captions_dir)  # raises with "run `imgindex caption` first"
 
@@ -149,13 +176,15 @@ def check_caption_columns(paths: Iterable[str]) -> tuple[str, ...]:
 
     Returns:
         The columns to read: INDEX_COLUMNS, then the SOURCE_COLUMNS (url, alt_text, metadata)
-        that every file has as strings; a caption run written before them has none, and its
-        entries get None for them.
+        and DETAIL_COLUMNS (sha256, size, caption provenance) that every file has with their
+        type (strings, INTEGER_COLUMNS integers); a caption run written before them has none,
+        and its entries get None for them.
 
     Raises:
         UsageError: a file is not Parquet, lacks a column or has one of another type.
     """
-    carried = set(SOURCE_COLUMNS)
+    optional = (*SOURCE_COLUMNS, *DETAIL_COLUMNS)
+    carried = set(optional)
     for path in paths:
         try:
             with FileSystems.open(path) as stream:
@@ -172,10 +201,14 @@ def check_caption_columns(paths: Iterable[str]) -> tuple[str, ...]:
             if not _is_string(schema.field(name).type):
                 kind = schema.field(name).type
                 raise UsageError(f"caption file {path}: column {name} is {kind}, expected string")
-        carried &= {n for n in schema.names if _is_string(schema.field(n).type)}
-    if left_out := [name for name in SOURCE_COLUMNS if name not in carried]:
+        carried &= {
+            n
+            for n in schema.names
+            if (pa.types.is_integer if n in INTEGER_COLUMNS else _is_string)(schema.field(n).type)
+        }
+    if left_out := [name for name in optional if name not in carried]:
         logger.info("indexing without %s: not in every caption file", ", ".join(left_out))
-    return (*INDEX_COLUMNS, *(name for name in SOURCE_COLUMNS if name in carried))
+    return (*INDEX_COLUMNS, *(name for name in optional if name in carried))
 
 
 def _is_string(kind: pa.DataType) -> bool:
@@ -239,11 +272,26 @@ class WriteIndex(beam.DoFn):
         yield manifest
 
 
-def build_index_pipeline(p: beam.Pipeline, config: IndexConfig) -> beam.PCollection:
+def count_caption_rows(paths: Iterable[str]) -> int:
+    """Rows in the caption files, from their Parquet footers (nothing else is read)."""
+    rows = 0
+    for path in paths:
+        with FileSystems.open(path) as stream:
+            rows += pq.read_metadata(stream).num_rows
+    return rows
+
+
+def build_index_pipeline(
+    p: beam.Pipeline, config: IndexConfig, work_dir: str | None = None
+) -> beam.PCollection:
     """Add the index steps to ``p``.
 
     Checks out_dir, the caption files' columns and the embedder before adding any step, so
     misconfiguration fails before the pipeline runs.
+
+    Args:
+        work_dir: where the parallel build stages its partitions and shards
+            (indexing.sharded.work_dir_for(out_dir) when None); remove it if the run fails.
 
     Returns:
         A PCollection with the single Manifest of the written index.
@@ -252,18 +300,31 @@ def build_index_pipeline(p: beam.Pipeline, config: IndexConfig) -> beam.PCollect
     files = find_caption_files(config.captions_dir)
     columns = check_caption_columns(files.paths)
     embedder = resolve_embedder(config.embedder)
+    rows = count_caption_rows(files.paths)
+    parallel = rows >= PARALLEL_MIN_ROWS if config.parallel is None else config.parallel
     logger.info(
-        "indexing %d caption files (%s) with %s", len(files.paths), files.pattern, embedder.name
-    )
-    handler = SentenceEmbeddingHandler(embedder.name, embedder.sha256, config.batch_size)
-    return (
+        "indexing %d caption rows in %d files (%s) with %s, %s",
+        rows, len(files.paths), files.pattern, embedder.name,
+        "in parallel" if parallel else "in one worker",
+    )  # fmt: skip
+    handler = TextEmbeddingHandler(embedder.name, embedder.sha256, config.batch_size)
+    embedded = (
         p
         | "ReadCaptions" >> ReadFromParquet(files.pattern, columns=list(columns))
         | "ToCaptionText" >> beam.ParDo(ToCaptionText())
-        | "EmbedCaptions" >> RunInference(handler)
-        # One flat index needs every vector in one process. ToList holds them all in memory
-        # (~1.5 KB per caption at D=384), fine to tens of millions; sharded indexes built per
-        # group and merged are a later issue.
+        | "EmbedCaptions" >> EmbedDistinctTexts(handler)
+    )
+    if parallel:
+        work = work_dir or str(work_dir_for(Path(config.out_dir)))
+        ranges = max(1, -(-rows // config.rows_per_partition))  # ceil
+        identity = BuildIdentity(embedder, files.paths, imgindex_version())
+        build = BuildShardedIndex(
+            work, config.out_dir, config.overwrite, ranges, identity, config.ann
+        )
+        return embedded | "BuildIndex" >> build
+    return (
+        embedded
+        # Holds every vector (~1.5 KB per caption at D=384) and caption in one worker.
         | "GatherEmbeddings" >> beam.combiners.ToList()
         | "WriteIndex"
         >> beam.ParDo(
@@ -278,9 +339,9 @@ def run_index(config: IndexConfig, beam_args: Sequence[str] | None = None) -> In
     Args:
         config: what to index and where.
         beam_args: Beam pipeline flags (e.g. ["--direct_num_workers=2"]); the local in-process
-            runner (pipelines.options.LOCAL_RUNNER) when no runner is given. WriteIndex writes
-            to the local disk of the worker that runs it, so use a local runner (or a worker
-            that shares out_dir's filesystem).
+            runner (pipelines.options.LOCAL_RUNNER) when no runner is given. The build writes
+            to the local disk of the workers that run it (partitions, shards, the index), so use
+            a local runner, or workers that share out_dir's filesystem.
 
     Returns:
         The summary, read back from the written manifest.
@@ -292,8 +353,12 @@ def run_index(config: IndexConfig, beam_args: Sequence[str] | None = None) -> In
     """
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=pipeline_options(beam_args))
-    build_index_pipeline(pipeline, config)
-    state = pipeline.run().wait_until_finish()
+    work = work_dir_for(Path(config.out_dir))
+    build_index_pipeline(pipeline, config, str(work))
+    try:
+        state = pipeline.run().wait_until_finish()
+    finally:
+        remove_work_dir(work)  # gone already when the parallel build published it
     if state != PipelineState.DONE:
         raise RuntimeError(f"the index pipeline ended in state {state}, not DONE")
     manifest_path = Path(config.out_dir) / MANIFEST_FILE
