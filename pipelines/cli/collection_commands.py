@@ -155,6 +155,9 @@ def _print_update(summary: UpdateSummary) -> None:
     err.print(table)
     if summary.published:
         out.print(f"published {summary.version} in {summary.seconds:.1f} s")
+        if index := summary.index:  # incremental or rebuilt, and why (indexing.incremental)
+            out.print(f"index: {index['mode']} {index['index_type']}: {index['reason']}",
+                      markup=False)  # fmt: skip
     else:
         out.print(f"{summary.note}; current version: {summary.version or 'none'}")
 

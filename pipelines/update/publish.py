@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 
 from captioning.archives.records import Shard
 from indexing.ann import AnnConfig
-from indexing.build import IndexEntry, Manifest, write_index
+from indexing.build import MANIFEST_FILE, IndexEntry, Manifest, write_index
 from indexing.catalog import (
     CATALOG_COLUMNS,
     CATALOG_SCHEMA,
@@ -34,10 +35,12 @@ from indexing.collection import (
     INDEX_DIR,
     SHARDS_FILE,
     TMP_PREFIX,
+    VERSIONS_DIR,
     Collection,
     parquet_files,
 )
 from indexing.embed import ResolvedEmbedder, TextEmbedder
+from indexing.incremental import IndexUpdate, update_index
 
 logger = logging.getLogger(__name__)
 
@@ -213,12 +216,12 @@ def _write_embeddings(
 
 
 def index_entries(catalog: pa.Table, rows: np.ndarray) -> list[IndexEntry]:
-    """IndexEntry per captioned catalog row, ids 0..N-1 in key order (the catalog's order);
-    source metadata goes along where IndexEntry has fields for it."""
-    extra = [f.name for f in fields(IndexEntry) if f.name in ("url", "alt_text", "metadata")]
+    """IndexEntry per captioned catalog row, ids 0..N-1 in key order (the catalog's order); every
+    other IndexEntry field (source metadata, sha256, size, caption provenance) is a catalog
+    column of the same name."""
     cols = {
-        c: catalog.column(c).to_pylist() for c in ("key", "caption", "source", "member", *extra)
-    }  # noqa: E501
+        f.name: catalog.column(f.name).to_pylist() for f in fields(IndexEntry) if f.name != "id"
+    }
     return [
         IndexEntry(id=n, **{c: cols[c][i] for c in cols})  # type: ignore[arg-type]
         for n, i in enumerate(rows)
@@ -234,8 +237,13 @@ def write_version(
     vectors: np.ndarray,
     manifest: Manifest,
     ann: AnnConfig | None = None,
-) -> None:
-    """Everything of one version into its temporary directory (publish renames it)."""
+    previous: str | None = None,
+) -> IndexUpdate | None:
+    """Everything of one version into its temporary directory (publish renames it).
+
+    With ``ann``, the index is the ``previous`` version's updated in place when
+    indexing.incremental allows it (ids carried per key), else rebuilt; returns that decision.
+    """
     with col.fs.open(f"{tmp_dir}/{CATALOG_FILE}", "wb") as f:
         pq.write_table(catalog, f)
     with col.fs.open(f"{tmp_dir}/{SHARDS_FILE}", "wb") as f:
@@ -243,7 +251,27 @@ def write_version(
     if vectors.size == 0:
         vectors = np.zeros((0, manifest.dimension), dtype=np.float32)
     # write_index writes to local disk (FAISS); remote collections are not supported yet there
-    write_index(f"{tmp_dir}/{INDEX_DIR}", entries, vectors, manifest, overwrite=False, ann=ann)
+    out = f"{tmp_dir}/{INDEX_DIR}"
+    if ann is None:
+        write_index(out, entries, vectors, manifest, overwrite=False)
+        return None
+    update = update_index(_local_index(col, previous), entries, vectors, manifest, ann)
+    logger.info("index of the new version: %s (%s)", update.mode, update.reason)
+    if update.index is None:
+        write_index(out, update.entries, vectors, manifest, overwrite=False, ann=ann)
+        written = (Path(out) / MANIFEST_FILE).read_text(encoding="utf-8")
+        update = replace(update, manifest=Manifest.from_json(written))  # what auto chose
+    else:
+        write_index(out, update.entries, vectors, update.manifest, index=update.index)
+    return update
+
+
+def _local_index(col: Collection, version: str | None) -> Path | None:
+    """The index directory of ``version`` when the collection is on local disk (FAISS reads
+    only local files), else None."""
+    if version is None or col.url() != col.join():
+        return None
+    return Path(col.join(VERSIONS_DIR, version, INDEX_DIR))
 
 
 def plan_counts(plan: pa.Table) -> dict[str, int]:

@@ -82,6 +82,10 @@ class UpdateSummary:
     took_over_lock: str | None = None
     note: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)  # list, plan, caption, publish
+    # How the published version's index was made: mode incremental/rebuilt, reason, index_type,
+    # added, removed, seconds by step (indexing.incremental.IndexUpdate.report); empty when
+    # nothing was published.
+    index: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "counts": asdict(self.counts)}
@@ -139,6 +143,7 @@ class _Night:
         # checks the tables are readable first).
         self.before: dict[str, str] = {}
         self.record: dict[str, Any] = {}
+        self.index: dict[str, Any] = {}  # the published index's IndexUpdate.report()
 
     def run(self, embedder: Any) -> UpdateSummary:
         if self.previous:
@@ -321,9 +326,9 @@ class _Night:
         )
         name = self.col.next_version()
         tmp = self.col.new_version_dir(name)
-        write_version(
-            self.col, tmp, catalog, fingerprints, entries, vectors, manifest, self.config.ann
-        )
+        update = write_version(self.col, tmp, catalog, fingerprints, entries, vectors, manifest,
+                               self.config.ann, previous=self.previous)  # fmt: skip
+        self.index = update.report() if update is not None else {}
         record = {
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "run_id": self.run_id,
@@ -332,6 +337,7 @@ class _Night:
             "model_version": self.model[1],
             "embedder": embedder.name,
             "embedded_tonight": embedded,
+            "index": self.index,
             "counts": {
                 "catalog": catalog.num_rows,
                 "indexed": len(entries),
@@ -401,6 +407,7 @@ class _Night:
             model_version=self.model[1],
             note=note,
             stage_seconds=dict(self.stage_seconds),
+            index=dict(self.index) if published else {},
         )
 
 
