@@ -38,6 +38,7 @@ demo: $(STAMP)
 	$(BIN)/imgindex search $(DEMO)/run/index "a red circle right of a purple square" -k 5
 	$(BIN)/imgindex search $(DEMO)/run/index "two green triangles" -k 5
 	$(BIN)/imgindex search $(DEMO)/run/index "a small yellow star on a noisy background" -k 5
+	@echo "== browse it: $(BIN)/imgindex serve $(DEMO)/run/index   (then open http://127.0.0.1:8080/)"
 
 # Reproduces the shipped default model (captioning/native/default_model) from fixed seeds.
 TRAIN_IMAGES ?= 48000

@@ -1,8 +1,8 @@
 """The `imgindex` command line: argv -> a command's run, its errors -> a message and an exit code.
 
 The commands live in model_commands.py (the model: sample-archive, train, describe, explain,
-evaluate), job_commands.py (Beam jobs: caption, index, run, search) and collection_commands.py
-(update, versions, rollback); main() imports them, which
+evaluate), job_commands.py (Beam jobs: caption, index, run, search), collection_commands.py
+(update, versions, rollback) and serve_command.py (serve); main() imports them, which
 registers them on the shared typer app. Exit codes: 2 for what the user can fix
 (pipelines.errors.USER_ERRORS and usage errors), 3 for a job that failed too much (JobFailed),
 70 for a bug, 130 when aborted.
@@ -109,7 +109,12 @@ def main() -> None:
     _set_up_logging()
     # Registers the commands. They import Beam, which logs a warning on import: after logging is
     # set up, so that the filter hides it.
-    from pipelines.cli import collection_commands, job_commands, model_commands  # noqa: F401
+    from pipelines.cli import (  # noqa: F401
+        collection_commands,
+        job_commands,
+        model_commands,
+        serve_command,
+    )
 
     options = GlobalOptions()
     try:
