@@ -18,6 +18,7 @@ import pytest
 from captioning.api import CaptionerOptions
 from captioning.archives.synthetic.world import INVERSE_RELATION, NUMBER_WORDS, PLURALS
 from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
+from indexing.retrieval import Retriever
 from indexing.search import open_index
 from pipelines.caption.pipeline import CaptionConfig, run_caption
 from pipelines.index.pipeline import IndexConfig, run_index
@@ -124,6 +125,39 @@ def test_text_queries_find_a_matching_image_in_the_top_5(indexed_world):
     misses = [q.text for q, ok in zip(queries, found, strict=True) if not ok]
     recall = sum(found) / len(found)
     assert recall >= 0.95, f"top-5 hit rate {recall:.3f}; misses e.g. {misses[:10]}"
+
+
+def top_keys(index, texts: list[str]) -> list[list[str]]:
+    return [[h.key for h in hits] for hits in index.search_many(texts, k=5)]
+
+
+def hit_rate(search, truths: dict) -> float:
+    """Share of the per-image queries whose top 5 (from ``search(texts)``) hold a match."""
+    rng = random.Random(7)
+    queries = [query_for(truths[k], rng) for k in sorted(truths)]
+    results = search([q.text for q in queries])
+    pairs = zip(queries, results, strict=True)
+    found = [any(matches(q, truths[key]) for key in keys) for q, keys in pairs]
+    return sum(found) / len(found)
+
+
+def test_approximate_parallel_and_hybrid_indexes_keep_the_hit_rate(indexed_world):
+    """The same captions through auto, a forced ivf-flat built by the parallel job, and the
+    service's hybrid ranking: none finds fewer matching images than the exact index."""
+    root, truths = indexed_world
+    exact = open_index(root / "index")
+    base = hit_rate(lambda t: top_keys(exact, t), truths)
+    for name, extra in (("auto", {}), ("ivf", {"index_type": "ivf-flat", "parallel": True,
+                                                "rows_per_partition": 500})):  # fmt: skip
+        out = root / f"index-{name}"
+        run_index(IndexConfig(captions_dir=str(root / "run"), out_dir=str(out), **extra), [])
+        index = open_index(out)
+        assert index.manifest.index_type == ("flat" if name == "auto" else "ivf-flat")
+        rate = hit_rate(lambda t, index=index: top_keys(index, t), truths)
+        assert rate >= base - 0.005, f"{name}: top-5 hit rate {rate:.3f} against exact {base:.3f}"
+    hybrid = Retriever.open(root / "index")
+    rate = hit_rate(lambda t: [[h.entry["key"] for h in hybrid.query(q, k=5)] for q in t], truths)
+    assert rate >= base - 0.005, f"hybrid: top-5 hit rate {rate:.3f} against vector {base:.3f}"
 
 
 def test_the_captions_table_has_provenance(indexed_world):

@@ -61,8 +61,12 @@ def serve(
     options = ServeOptions(
         host=host, port=port, workers=workers, image_column=image_column, threads=threads
     )
-    kind = check_path(path)
-    if not options.loopback and token is None:
+    _announce(check_path(path), path, host, port, warn=not options.loopback and token is None)
+    run_server(config, options)
+
+
+def _announce(kind: str, path: str, host: str, port: int, warn: bool) -> None:
+    if warn:
         stderr_line(
             f"warning: serving on {host} without a token: anyone who can reach this address "
             f"can search the index and read its images; pass --token or set {TOKEN_ENV}"
@@ -75,4 +79,3 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
-    run_server(config, options)

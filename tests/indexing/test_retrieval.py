@@ -25,6 +25,8 @@ from indexing.fusion import RRF_K
 from indexing.keyword import KEYWORD_DIR
 from indexing.retrieval import (
     FILTER_CACHE,
+    KEYWORD_WEIGHT,
+    VECTOR_WEIGHT,
     WINDOW,
     QueryError,
     RankedHit,
@@ -157,7 +159,8 @@ def test_hybrid_scores_are_the_rrf_of_the_side_ranks(
     hits = retriever.query("three red circles", k=20)
     assert [h.rank for h in hits] == list(range(1, 21))
     for hit in hits:
-        want = sum(1 / (RRF_K + r) for r in (hit.vector_rank, hit.keyword_rank) if r)
+        weighted = ((VECTOR_WEIGHT, hit.vector_rank), (KEYWORD_WEIGHT, hit.keyword_rank))
+        want = sum(w / (RRF_K + r) for w, r in weighted if r)
         assert hit.score == pytest.approx(want)
     assert any(h.keyword_rank for h in hits) and any(h.vector_rank for h in hits)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
