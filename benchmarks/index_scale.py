@@ -76,6 +76,26 @@ def world_captions(n_base: int, n_queries: int, seed: int) -> tuple[list[str], l
     return texts[:n_base], texts[n_base:]
 
 
+def bench_entries(texts: list[str], n: int, seed: int) -> list[IndexEntry]:
+    """Row i: the caption of its base vector (i mod len(texts)), one of 100 shard names and a
+    seeded size, so the index can also serve benchmarks/serve.py's keyword and filter queries."""
+    rng = np.random.default_rng(seed)
+    widths = rng.integers(64, 1025, size=n)  # (n,)
+    heights = rng.integers(64, 1025, size=n)  # (n,)
+    return [
+        IndexEntry(
+            id=i,
+            key=f"{i:09d}",
+            caption=texts[i % len(texts)],
+            source=f"bench-{i % 100:05d}.tar",
+            member=f"{i:09d}.jpg",
+            width=int(widths[i]),
+            height=int(heights[i]),
+        )
+        for i in range(n)
+    ]
+
+
 def embedded(
     workdir: Path, n_base: int, n_queries: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -220,10 +240,8 @@ def main() -> None:
     )
 
     embedder = TextEmbedder(DEFAULT_EMBEDDER)
-    entries = [
-        IndexEntry(id=i, key=f"{i:09d}", caption="", source="bench.tar", member=f"{i:09d}.jpg")
-        for i in range(len(vectors))
-    ]
+    texts, _ = world_captions(args.base_captions, args.queries, args.seed)
+    entries = bench_entries(texts, len(vectors), args.seed)
     rows = []
     for kind in types:
         out = args.workdir / kind
@@ -256,7 +274,7 @@ def main() -> None:
         }
         rows.append(row)
         print(table_row(row, exact_qps), flush=True)
-        if kind != AUTO:
+        if kind != AUTO:  # auto's directory stays: benchmarks/serve.py serves it
             shutil.rmtree(out, ignore_errors=True)
 
     print()
