@@ -48,7 +48,7 @@ from indexing.ann import (
     build_ann_index,
     candidates,
 )
-from indexing.drift import measure_fit
+from indexing.drift import QuantizerFit, measure_fit
 from indexing.errors import OutputExistsError
 from indexing.keyword import KEYWORD_DIR, write_keyword_index
 from indexing.manifest import FORMAT_VERSION as FORMAT_VERSION
@@ -235,7 +235,19 @@ def _build_plan(
         tuned = tune(index, plan.index_type, plan.nlist, base_ids, base, queries, ann.target_recall)
         index.add_with_ids(queries, ids[held])  # (Q, D) with (Q,) ids
     fit = measure_fit(index, vectors, ann.seed) if plan.index_type in IVF_TYPES else None
-    manifest = replace(
+    return index, tuned_manifest(manifest, plan, tuned, ann, fit)
+
+
+def tuned_manifest(
+    manifest: Manifest,
+    plan: IndexPlan,
+    tuned: TuningResult,
+    ann: AnnConfig,
+    fit: QuantizerFit | None,
+) -> Manifest:
+    """``manifest`` with what was chosen and measured: type, factory, tuned parameters, recall,
+    query time, bytes, and (IVF types) the quantizer's fit at training time."""
+    return replace(
         manifest,
         index_type=plan.index_type,
         factory=plan.factory,
@@ -248,7 +260,6 @@ def _build_plan(
         train_residual=None if fit is None else fit.residual,
         train_imbalance=None if fit is None else fit.imbalance,
     )
-    return index, manifest
 
 
 def _write_files(

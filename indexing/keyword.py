@@ -2,9 +2,10 @@
 clauses -> the best ids and their BM25 scores.
 
 Engine: tantivy (Rust, via its Python bindings) rather than bm25s: 0.76 ms per query at k=100 on
-200k captions against bm25s' 8-9 ms, an on-disk format it memory-maps, and filters that run inside
-the search (range and set queries on indexed integer fields), where bm25s can only filter its
-output.
+200k captions against bm25s' 8-9 ms (the project's survey of engines, 2026-11-29, a trial on
+this kind of machine; no script here re-measures it), an on-disk format it memory-maps, and
+filters that run inside the search (range and set queries on indexed integer fields), where
+bm25s can only filter its output.
 
 What is indexed, per mapping row: the caption, the source's alt text and the image's names (key
 and member), so a rare word, a file name or the web page's words are found; and the filter

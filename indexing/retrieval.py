@@ -38,12 +38,9 @@ MODES = ("hybrid", "vector", "keyword")
 # consistent with page 1 within an index version (OpenSearch's pagination_depth lesson).
 # offset + k above it is a user error.
 WINDOW = 1000
-# Weights of the vector and keyword sides in hybrid mode's RRF. Measured on the demo index (2,000
-# images, one structured query per image, top-5 hit rate): vector alone 0.990, keyword alone
-# 0.848, hybrid at keyword weight 1.0 0.980, at 0.5 0.991 (0.3: 0.992). BM25 ignores word order
-# ("a red circle left of a blue square"), so at equal weight it pulls relational queries off;
-# at half weight a hit on both sides still rises, and a keyword-only hit ranks like a vector
-# hit near 60th.
+# Weights of the vector and keyword sides in hybrid mode's RRF. BM25 ignores word order, so at
+# equal weight it pulls relational queries off; at half weight the demo's hidden-query hit rate
+# equals vector search's (benchmarks/hybrid_weights.py, docs/benchmarks.md "Hybrid weights").
 VECTOR_WEIGHT = 1.0
 KEYWORD_WEIGHT = 0.5
 FILTER_CACHE = 16  # compiled filters kept per loaded version

@@ -15,7 +15,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -32,6 +32,7 @@ from indexing.build import (
     Manifest,
     embeddings_schema,
     publish_index_dir,
+    tuned_manifest,
 )
 from indexing.drift import measure_fit
 from indexing.keyword import KEYWORD_DIR, write_keyword_index
@@ -169,23 +170,11 @@ def _tuned_manifest(
     manifest: Manifest, plan: IndexPlan, tuned: TuningResult, index: faiss.Index,
     shards: ShardPlan, sample: Sample, ann: AnnConfig,
 ) -> Manifest:  # fmt: skip
-    """The fields indexing.build records for a tuned plan, with the same meaning."""
+    """indexing.build's tuned manifest, the fit measured on the plan's own sample."""
     fit = None
     if plan.index_type in IVF_TYPES:
         fit = measure_fit(index, sample.take(shards.fit), ann.seed)  # its own sample: all given
-    return replace(
-        manifest,
-        index_type=plan.index_type,
-        factory=plan.factory,
-        search_params=tuple(sorted(tuned.params.items())),
-        target_recall=float(ann.target_recall),
-        recall_at_10=round(tuned.recall_at_10, 6),
-        query_ms=None if tuned.query_ms is None else round(tuned.query_ms, 6),
-        index_bytes=plan.estimated_bytes,
-        trained_count=None if fit is None else fit.count,
-        train_residual=None if fit is None else fit.residual,
-        train_imbalance=None if fit is None else fit.imbalance,
-    )
+    return tuned_manifest(manifest, plan, tuned, ann, fit)
 
 
 def _write_keyword(work: Path) -> None:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
-from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 import pytest
 
 from captioning.api import CaptionerOptions
-from captioning.archives.synthetic.world import INVERSE_RELATION, NUMBER_WORDS, PLURALS
+from captioning.archives.synthetic.queries import matches, query_for
 from captioning.archives.synthetic.writer import ArchiveConfig, write_archive
 from indexing.retrieval import Retriever
 from indexing.search import open_index
@@ -27,60 +25,6 @@ pytestmark = pytest.mark.slow
 
 IMAGES = 2000
 SEED = 31337  # a world seed never used in training (the default model trained on seed 1)
-
-
-@dataclass(frozen=True)
-class Query:
-    text: str
-    objects: Counter  # (colour, shape) -> count
-    sizes: dict | None  # (colour, shape) -> size, where the query names sizes
-    relation: tuple[tuple[str, str], str, tuple[str, str]] | None  # (subject, relation, object)
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def query_for(truth: dict, rng: random.Random) -> Query:
-    objs = [(o["color"], o["shape"]) for o in truth["objects"]]
-    counts = Counter(objs)
-    if truth["relation"]:
-        (a, b), sizes = (
-            objs,
-            {objs[0]: truth["objects"][0]["size"], objs[1]: truth["objects"][1]["size"]},
-        )
-        rel = truth["relation"]
-        if rng.random() < 0.5:  # say it the other way round half of the time
-            a, b, rel = b, a, INVERSE_RELATION[rel]
-        text = f"{_article(sizes[a])} {sizes[a]} {a[0]} {a[1]} {rel} {_article(b[0])} {b[0]} {b[1]}"
-        return Query(text, counts, {a: sizes[a]}, (a, rel, b))
-    parts = []
-    for (color, shape), n in counts.items():
-        parts.append(
-            f"{NUMBER_WORDS[n]} {color} {PLURALS[shape]}"
-            if n > 1
-            else f"{_article(color)} {color} {shape}"
-        )
-    rng.shuffle(parts)
-    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return Query(text, counts, None, None)
-
-
-def matches(query: Query, truth: dict) -> bool:
-    objs = [(o["color"], o["shape"]) for o in truth["objects"]]
-    if Counter(objs) != query.objects:
-        return False
-    if query.sizes:
-        sizes = {(o["color"], o["shape"]): o["size"] for o in truth["objects"]}
-        if any(sizes[k] != v for k, v in query.sizes.items()):
-            return False
-    if query.relation:
-        if not truth["relation"]:
-            return False
-        subject, rel, _ = query.relation
-        said = truth["relation"] if objs[0] == subject else INVERSE_RELATION[truth["relation"]]
-        return said == rel
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -168,23 +112,3 @@ def test_the_captions_table_has_provenance(indexed_world):
     assert rows["model"] == "imgindex-sat" and rows["model_version"]
     assert len(rows["sha256"]) == 64 and rows["run_id"] and rows["captioned_at"]
     assert len(set(table.column("key").to_pylist())) == IMAGES
-
-
-def test_query_matching_rules():
-    truth = {
-        "objects": [
-            {"color": "red", "shape": "circle", "size": "large"},
-            {"color": "blue", "shape": "square", "size": "small"},
-        ],
-        "relation": "left of",
-    }
-    base = Counter({("red", "circle"): 1, ("blue", "square"): 1})
-    assert matches(Query("", base, None, (("red", "circle"), "left of", ("blue", "square"))), truth)
-    assert matches(
-        Query("", base, None, (("blue", "square"), "right of", ("red", "circle"))), truth
-    )
-    assert not matches(
-        Query("", base, None, (("red", "circle"), "above", ("blue", "square"))), truth
-    )
-    assert not matches(Query("", base, {("red", "circle"): "small"}, None), truth)
-    assert not matches(Query("", Counter({("red", "circle"): 2}), None, None), truth)
